@@ -60,14 +60,15 @@ func (s *Source) List(ctx context.Context, limit int) (mailbox.Listing, error) {
 			continue
 		}
 		var set goimap.SeqSet
+		exists := sess.c.Mailbox().NumMessages
 		if limit > 0 {
-			n := uint32(limit - len(out.Refs))
+			n := min(uint32(limit-len(out.Refs)), exists)
 			if n == 0 {
 				break
 			}
 			set.AddRange(1, n)
 		} else {
-			set.AddRange(1, 0) // 1:*
+			set.AddRange(1, exists)
 		}
 		cmd := sess.c.Fetch(set, &goimap.FetchOptions{UID: true, Flags: true, RFC822Size: true, InternalDate: true})
 		for {

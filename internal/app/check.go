@@ -1,0 +1,174 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/mailpipe/mailpipe/internal/auth"
+	"github.com/mailpipe/mailpipe/internal/bus"
+	"github.com/mailpipe/mailpipe/internal/config"
+	"github.com/mailpipe/mailpipe/internal/mailbox"
+)
+
+// ErrCheckFailed is returned by CheckImporter when any check failed; the
+// details were written to the output.
+var ErrCheckFailed = errors.New("one or more checks failed")
+
+// checker writes one line per check.
+type checker struct {
+	out    io.Writer
+	failed bool
+}
+
+func (c *checker) ok(format string, a ...any) { fmt.Fprintf(c.out, "  ok    "+format+"\n", a...) }
+func (c *checker) fail(format string, a ...any) {
+	c.failed = true
+	fmt.Fprintf(c.out, "  FAIL  "+format+"\n", a...)
+}
+func (c *checker) warn(format string, a ...any) { fmt.Fprintf(c.out, "  warn  "+format+"\n", a...) }
+
+// CheckImporter is the "Test connection" button: for every mailbox it gets
+// a token, logs in, resolves the folders (creating processed/error folders
+// with create), then checks NATS and the stream settings. It writes a
+// report to out and returns ErrCheckFailed when anything failed.
+func CheckImporter(ctx context.Context, cfg *config.Importer, out io.Writer, create bool, d Deps) error {
+	c := &checker{out: out}
+	apps, err := identities(cfg, d)
+	if err != nil {
+		return err
+	}
+	for name, id := range cfg.Identities {
+		checkIdentityExpiry(c, name, id)
+	}
+	for _, m := range cfg.Mailboxes {
+		fmt.Fprintf(out, "mailbox %q (%s, %s %s:%d)\n", m.Name, m.Address, m.Source, m.IMAP.Host, m.IMAP.Port)
+		checkMailbox(ctx, c, m, apps, create, d)
+	}
+	fmt.Fprintln(out, "nats")
+	checkNATS(ctx, c, cfg, d)
+	if c.failed {
+		return ErrCheckFailed
+	}
+	return nil
+}
+
+func checkIdentityExpiry(c *checker, name string, id config.Identity) {
+	if id.SecretExpires != "" {
+		if t, err := time.Parse("2006-01-02", id.SecretExpires); err == nil {
+			left := time.Until(t)
+			switch {
+			case left < 0:
+				c.fail("identity %q: client secret expired on %s: create a new secret in Entra ID and update the Secret", name, id.SecretExpires)
+			case left < 30*24*time.Hour:
+				c.warn("identity %q: client secret expires on %s (%d days): renew it now", name, id.SecretExpires, int(left.Hours()/24))
+			}
+		}
+	}
+	if id.CertificateFile != "" {
+		if exp, ok, err := auth.CertificateExpiry(id); err == nil && ok {
+			left := time.Until(exp)
+			switch {
+			case left < 0:
+				c.fail("identity %q: certificate expired on %s", name, exp.Format("2006-01-02"))
+			case left < 30*24*time.Hour:
+				c.warn("identity %q: certificate expires on %s (%d days)", name, exp.Format("2006-01-02"), int(left.Hours()/24))
+			}
+		}
+	}
+}
+
+func checkMailbox(ctx context.Context, c *checker, m config.Mailbox, apps map[string]*auth.App, create bool, d Deps) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if m.Identity != "" && m.IMAP.Auth != "password" {
+		tok, err := apps[m.Identity].Source(auth.ScopeIMAPApp).Token(ctx)
+		if err != nil {
+			c.fail("token for %s (identity %q): %v", auth.ScopeIMAPApp, m.Identity, err)
+			return
+		}
+		c.ok("token for %s (identity %q), valid until %s", auth.ScopeIMAPApp, m.Identity, tok.ExpiresOn.Local().Format("15:04"))
+	}
+	src, err := newSource(m, apps, d.logger())
+	if err != nil {
+		c.fail("%v", err)
+		return
+	}
+	defer src.Close()
+	folders, err := src.Check(ctx, create)
+	if len(folders) == 0 && err != nil {
+		c.fail("login: %v", err)
+		return
+	}
+	c.ok("logged in as %s", m.Address)
+	for i, f := range folders {
+		role := "import folder"
+		switch {
+		case i == 1:
+			role = "processed folder"
+		case i == 2:
+			role = "error folder"
+		case i > 2:
+			role = "import subfolder"
+		}
+		switch {
+		case !f.Exists:
+			hint := ""
+			if i > 0 {
+				hint = " (run `importer check --create-folders` to create it)"
+			}
+			c.fail("%s '%s' not found%s", role, f.Path, hint)
+		case i == 0:
+			c.ok("opened %s '%s' containing %d messages (%d unread)", role, f.Path, f.Messages, f.Unseen)
+		case f.Messages < 0:
+			c.ok("%s '%s'", role, f.Path)
+		default:
+			c.ok("%s '%s' present (%d messages)", role, f.Path, f.Messages)
+		}
+	}
+	if err != nil {
+		for _, e := range unjoin(err) {
+			if mailbox.KindOf(e) != mailbox.NotFound {
+				c.fail("%v", e)
+			}
+		}
+	}
+}
+
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+func checkNATS(ctx context.Context, c *checker, cfg *config.Importer, d Deps) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	conn, owned, err := connect(ctx, cfg, d)
+	if err != nil {
+		c.fail("connect: %v", err)
+		return
+	}
+	if owned {
+		defer conn.Close()
+	}
+	if conn.Embedded() {
+		c.ok("embedded NATS server with JetStream (store %s)", cfg.NATS.Embedded.StoreDir)
+	} else {
+		c.ok("connected to %s", conn.ClientURL())
+	}
+	b, err := bus.Open(ctx, conn, cfg.Bus, d.logger())
+	if err != nil {
+		c.fail("streams: %v", err)
+		return
+	}
+	info, err := b.StreamInfo(ctx)
+	if err != nil {
+		c.fail("stream info: %v", err)
+		return
+	}
+	c.ok("%s", info)
+}

@@ -1,0 +1,81 @@
+package importer
+
+import (
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Stats holds the importer's metrics and per-mailbox liveness. The mailbox
+// label is the configured mailbox name (never an address).
+type Stats struct {
+	Registry *prometheus.Registry
+
+	messages    *prometheus.CounterVec
+	pollErrors  *prometheus.CounterVec
+	lastSuccess *prometheus.GaugeVec
+
+	mu   sync.Mutex
+	last map[string]time.Time
+}
+
+// NewStats registers the importer metrics in a new registry.
+func NewStats() *Stats {
+	s := &Stats{
+		Registry: prometheus.NewRegistry(),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailpipe_importer_messages_total",
+			Help: "Messages handled, by mailbox and result (processed: published and moved; error: dead-lettered and moved to the error folder).",
+		}, []string{"mailbox", "result"}),
+		pollErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailpipe_importer_poll_errors_total",
+			Help: "Import passes that failed, by mailbox.",
+		}, []string{"mailbox"}),
+		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mailpipe_importer_last_success_timestamp_seconds",
+			Help: "Unix time of the last successful import pass, by mailbox.",
+		}, []string{"mailbox"}),
+		last: map[string]time.Time{},
+	}
+	s.Registry.MustRegister(s.messages, s.pollErrors, s.lastSuccess,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return s
+}
+
+func (s *Stats) add(mbox string, processed, failed int) {
+	if processed > 0 {
+		s.messages.WithLabelValues(mbox, "processed").Add(float64(processed))
+	}
+	if failed > 0 {
+		s.messages.WithLabelValues(mbox, "error").Add(float64(failed))
+	}
+}
+
+func (s *Stats) pollFailed(mbox string) { s.pollErrors.WithLabelValues(mbox).Inc() }
+
+func (s *Stats) pollOK(mbox string) {
+	now := time.Now()
+	s.lastSuccess.WithLabelValues(mbox).Set(float64(now.Unix()))
+	s.mu.Lock()
+	s.last[mbox] = now
+	s.mu.Unlock()
+}
+
+// Stale returns the mailboxes without a successful pass since before
+// cutoff (a mailbox never polled counts from start).
+func (s *Stats) Stale(mailboxes []string, started, cutoff time.Time) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, m := range mailboxes {
+		t, ok := s.last[m]
+		if !ok {
+			t = started
+		}
+		if t.Before(cutoff) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
