@@ -143,7 +143,7 @@ func validate(cfg config.Bus) error {
 		key string
 		st  config.Stream
 	}{{"bus.stream", cfg.Stream}, {"bus.dead_letter", cfg.DeadLetter}} {
-		if s.st.Name == "" || strings.ContainsAny(s.st.Name, ". *>\t\r\n") {
+		if s.st.Name == "" || strings.ContainsAny(s.st.Name, ". *>/\\\t\r\n") {
 			errs = append(errs, fmt.Errorf("%s.name %q is not a valid stream name", s.key, s.st.Name))
 		}
 		if !validSubjectPrefix(s.st.SubjectPrefix) {
@@ -358,6 +358,36 @@ type Info struct {
 	DeadLetter    StreamSummary
 	Objects       BucketSummary
 	State         BucketSummary
+}
+
+// String is a one-line summary for `importer check`.
+func (i Info) String() string {
+	server := "embedded server"
+	if !i.Embedded {
+		server = "server " + i.ServerName
+	}
+	return fmt.Sprintf("%s %s (max_payload %s); %s; dead letters: %s; object bucket %s: %s; state bucket %s: %d keys",
+		server, i.ServerVersion, humanBytes(uint64(i.MaxPayload)), i.Inbound, i.DeadLetter,
+		i.Objects.Name, humanBytes(i.Objects.Bytes), i.State.Name, i.State.Entries)
+}
+
+// String is a one-line summary of the stream.
+func (s StreamSummary) String() string {
+	return fmt.Sprintf("stream %s %v: %d messages, %s, max age %s, duplicate window %s, %d replica(s), %s storage",
+		s.Name, s.Subjects, s.Messages, humanBytes(s.Bytes), s.MaxAge, s.DuplicateWindow, s.Replicas, s.Storage)
+}
+
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // StreamInfo fetches the current state of the streams and buckets.

@@ -49,6 +49,10 @@ func TestOpenCreatesAndUpdatesStreams(t *testing.T) {
 	if info.Objects.Name != "mailpipe-bodies" || info.State.Name != "mailpipe-state" || !info.Embedded {
 		t.Errorf("buckets: %+v %+v", info.Objects, info.State)
 	}
+	if s := info.String(); !strings.Contains(s, "stream MAILPIPE_INBOUND [mailpipe.inbound.>]: 0 messages") ||
+		!strings.Contains(s, "max_payload 1.0 MiB") || !strings.Contains(s, "duplicate window 24h0m0s") {
+		t.Errorf("summary: %s", s)
+	}
 
 	// A second Open with another max_age and max_bytes updates the stream.
 	cfg.Stream.MaxAge = 48 * time.Hour
@@ -312,7 +316,6 @@ func TestPublishLarge(t *testing.T) {
 			or.Close()
 			objStream, _ := js.Stream(ctx, "OBJ_mailpipe-bodies")
 			before, _ := objStream.Info(ctx)
-
 
 			res, err := b.PublishLargeMail(ctx, env, newGenReader(size, uint64(size)))
 			if err != nil || !res.Duplicate {
