@@ -15,14 +15,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/zap"
 
-	"github.com/mailpipe/mailpipe/internal/auth"
 	"github.com/mailpipe/mailpipe/internal/bus"
 	"github.com/mailpipe/mailpipe/internal/config"
 	"github.com/mailpipe/mailpipe/internal/devidp"
@@ -53,7 +52,7 @@ identities:
     client_id: {{CLIENT}}
     client_secret_file: {{DIR}}/client-secret
     authority_host: {{AUTHORITY}}
-    ca_file: {{DIR}}/idp-ca.pem
+    ca_file: {{DIR}}/devidp-ca.pem
 mailboxes:
   - name: facturen
     address: {{MAILBOX}}
@@ -106,9 +105,6 @@ func Demo(ctx context.Context, dir string, out io.Writer) error {
 	if _, err := idp.WriteCAFile(dir); err != nil {
 		return err
 	}
-	if err := os.Rename(filepath.Join(dir, "ca.pem"), filepath.Join(dir, "idp-ca.pem")); err != nil && !os.IsNotExist(err) {
-		return err
-	}
 	if err := os.WriteFile(filepath.Join(dir, "client-secret"), []byte(demoSecret+"\n"), 0o600); err != nil {
 		return err
 	}
@@ -150,11 +146,15 @@ func Demo(ctx context.Context, dir string, out io.Writer) error {
 			return err
 		}
 	}
-	big := oversizeScan(now)
-	if err := mail.Append(demoMailbox, "INBOX/Algemeen/Import", big, now); err != nil {
-		return err
+	scan := scanMessage(now, 1, 2_000_000)
+	big := scanMessage(now, 2, 6_000_000)
+	for _, m := range [][]byte{scan, big} {
+		if err := mail.Append(demoMailbox, "INBOX/Algemeen/Import", m, now); err != nil {
+			return err
+		}
 	}
-	fmt.Fprintf(out, "    seeded 'Postvak IN/Algemeen/Import' with %d supplier invoices and one %.1f MB scan (over the 5 MiB limit)\n", len(invoices), float64(len(big))/1e6)
+	fmt.Fprintf(out, "    seeded 'Postvak IN/Algemeen/Import' with %d supplier invoices, a %.1f MB scan (over the 512 KiB\n    payload threshold: goes through the object store) and a %.1f MB scan (over the 5 MiB limit)\n",
+		len(invoices), float64(len(scan))/1e6, float64(len(big))/1e6)
 
 	_, port, _ := net.SplitHostPort(mail.Addr())
 	cfgText := strings.NewReplacer("{{DIR}}", dir, "{{TENANT}}", demoTenant, "{{CLIENT}}", demoClient,
@@ -217,6 +217,7 @@ func showStream(ctx context.Context, js jetstream.JetStream, stream string, out 
 		return err
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	var first jetstream.Msg
 	fmt.Fprintln(tw, "    SEQ\tFROM\tSUBJECT\tSIZE\tBODY\tSHA-256")
 	for i := uint64(0); i < info.NumPending; i++ {
 		msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
@@ -240,10 +241,28 @@ func showStream(ctx context.Context, js jetstream.JetStream, stream string, out 
 		if m.Object != nil {
 			where = "object store"
 		}
+		if first == nil {
+			first = msg
+		}
 		meta, _ := msg.Metadata()
 		fmt.Fprintf(tw, "    %d\t%s\t%s\t%d\t%s\t%s…\n", meta.Sequence.Stream, trunc(m.From, 38), trunc(m.Subject, 48), n, where, m.SHA256[:12])
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if first != nil {
+		fmt.Fprintf(out, "\n    Headers of the first message (NATS subject %s):\n", first.Subject())
+		h := first.Headers()
+		keys := make([]string, 0, len(h))
+		for k := range h {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Fprintf(out, "      %s: %s\n", k, h.Get(k))
+		}
+	}
+	return nil
 }
 
 func showDeadLetters(ctx context.Context, js jetstream.JetStream, stream string, out io.Writer) error {
@@ -276,14 +295,15 @@ func trunc(s string, n int) string {
 	return string(r[:n-1]) + "…"
 }
 
-// oversizeScan is a 6 MB "scanned invoice": over the demo's 5 MiB limit,
-// so it goes to the error folder with a dead letter.
-func oversizeScan(now time.Time) []byte {
+// scanMessage is a "scanned invoice" of about size bytes from the office
+// scanner: the 6 MB one is over the demo's 5 MiB limit, so it goes to the
+// error folder with a dead letter.
+func scanMessage(now time.Time, n, size int) []byte {
 	var b strings.Builder
-	fmt.Fprintf(&b, "From: Scanner Receptie <scanner@demo.mailpipe.test>\r\nTo: %s\r\nSubject: Scan 0001 (600 dpi)\r\nDate: %s\r\nMessage-ID: <scan-0001@demo.mailpipe.test>\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n",
-		demoMailbox, now.Format(time.RFC1123Z))
+	fmt.Fprintf(&b, "From: Scanner Receptie <scanner@demo.mailpipe.test>\r\nTo: %s\r\nSubject: Scan %04d (600 dpi)\r\nDate: %s\r\nMessage-ID: <scan-%04d@demo.mailpipe.test>\r\nMIME-Version: 1.0\r\nContent-Type: application/pdf; name=\"scan-%04d.pdf\"\r\nContent-Disposition: attachment; filename=\"scan-%04d.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n",
+		demoMailbox, n, now.Format(time.RFC1123Z), n, n, n)
 	line := strings.Repeat("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo", 2) + "\r\n"
-	for b.Len() < 6_000_000 {
+	for b.Len() < size {
 		b.WriteString(line)
 	}
 	return []byte(b.String())
@@ -314,6 +334,3 @@ func selfSignedTLS() (*tls.Config, []byte, error) {
 	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}, pemBytes, nil
 }
-
-var _ = zap.NewNop
-var _ = auth.ScopeIMAPApp

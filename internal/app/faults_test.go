@@ -167,6 +167,7 @@ func TestUIDValidityChange(t *testing.T) {
 	for i := range msgs {
 		msgs[i] = stack.Invoice(i, 1500)
 	}
+	msgs[3] = stack.Invoice(3, 2<<20) // through the object store
 	st.Dovecot.AppendMany(stack.User, stack.Import, msgs)
 	cfg := st.Config()
 

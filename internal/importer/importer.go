@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -291,7 +292,23 @@ func (w *Worker) batch(ctx context.Context, refs []mailbox.Ref, bridge map[strin
 			return fmt.Errorf("read %s: %w", m.Ref, err)
 		}
 		env := w.envelope(m.Ref, parseHeader(head), m.Size)
-		r, err := w.bus.PublishLargeMail(ctx, env, io.MultiReader(bytes.NewReader(head), rest))
+		body := io.MultiReader(bytes.NewReader(head), rest)
+		if bridge != nil {
+			// The digest must be known before publishing: spool to disk
+			// (memory stays bounded), hash, then publish from the file.
+			spool, sum, err := spoolAndHash(body)
+			if err != nil {
+				return fmt.Errorf("spool %s: %w", m.Ref, err)
+			}
+			defer spool.Close()
+			if bridge[sum] {
+				res.Duplicates++
+				toProcessed = append(toProcessed, m.Ref)
+				return nil
+			}
+			body = spool
+		}
+		r, err := w.bus.PublishLargeMail(ctx, env, body)
 		if err != nil {
 			if errors.Is(err, bus.ErrRejected) {
 				if derr := w.deadLetter(ctx, env, err.Error(), nil); derr != nil {
@@ -401,4 +418,33 @@ func (w *Worker) putBuf(bp *[]byte) {
 	if bp != nil && cap(*bp) <= int(w.set.LargeThreshold)+1 {
 		w.bufs.Put(bp)
 	}
+}
+
+// spoolFile is a temporary file removed on Close.
+type spoolFile struct{ *os.File }
+
+func (f spoolFile) Close() error {
+	err := f.File.Close()
+	os.Remove(f.Name())
+	return err
+}
+
+// spoolAndHash copies r to a temporary file and returns it rewound, with the
+// hex SHA-256 of the content.
+func spoolAndHash(r io.Reader) (spoolFile, string, error) {
+	f, err := os.CreateTemp("", "mailpipe-spool-*")
+	if err != nil {
+		return spoolFile{}, "", err
+	}
+	sf := spoolFile{f}
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(f, h), r); err != nil {
+		sf.Close()
+		return spoolFile{}, "", err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		sf.Close()
+		return spoolFile{}, "", err
+	}
+	return sf, hex.EncodeToString(h.Sum(nil)), nil
 }
