@@ -59,8 +59,12 @@ type Bus struct {
 	DeadLetter Stream `yaml:"dead_letter"`
 	// ObjectBucket stores bodies larger than LargeMessageThreshold.
 	ObjectBucket string `yaml:"object_bucket"`
-	// StateBucket is a KV bucket for folder state (UIDVALIDITY) and leases.
+	// StateBucket is a KV bucket for folder state (UIDVALIDITY, Graph
+	// delta links).
 	StateBucket string `yaml:"state_bucket"`
+	// TokenBucket is a KV bucket holding the encrypted MSAL token caches of
+	// delegated identities, shared by all replicas.
+	TokenBucket string `yaml:"token_bucket"`
 	// LargeMessageThreshold: bodies above it go to the object store.
 	LargeMessageThreshold ByteSize `yaml:"large_message_threshold"`
 	// MaxInFlight bounds unacknowledged publishes per mailbox.
@@ -99,6 +103,24 @@ type Identity struct {
 	CAFile string `yaml:"ca_file"`
 	// SecretExpires is the client secret's expiry date (YYYY-MM-DD), for warnings.
 	SecretExpires string `yaml:"secret_expires"`
+	// ExpiryWarning: `check` and `auth status` warn when the secret or
+	// certificate expires within this long (default 30d).
+	ExpiryWarning time.Duration `yaml:"expiry_warning"`
+
+	// Kind is "app" (client credentials: secret or certificate; default)
+	// or "delegated" (a service account signed in once with the device
+	// code flow, `importer auth login`; a public client needs no secret).
+	Kind string `yaml:"kind"`
+	// Username is the delegated service account (UPN), used to pick the
+	// account from the token cache and shown by `auth status`.
+	Username string `yaml:"username"`
+	// TokenCacheKey (base64 of 32 bytes) encrypts the delegated token cache
+	// at rest in the token bucket. Required for kind delegated.
+	TokenCacheKey     Secret `yaml:"token_cache_key"`
+	TokenCacheKeyFile string `yaml:"token_cache_key_file"`
+	// GraphMaxConcurrency caps Graph requests in flight for this app across
+	// all its mailboxes in one process (default 16).
+	GraphMaxConcurrency int `yaml:"graph_max_concurrency"`
 }
 
 // Mailbox is one mailbox and folder set to import from.
@@ -106,10 +128,11 @@ type Mailbox struct {
 	// Name identifies the mailbox in subjects, logs and metrics: [a-z0-9_-].
 	Name    string `yaml:"name"`
 	Address string `yaml:"address"`
-	Source  string `yaml:"source"` // imap (graph comes later)
+	Source  string `yaml:"source"` // imap or graph
 	// Identity names an entry of identities (needed for xoauth2).
 	Identity       string        `yaml:"identity"`
 	IMAP           IMAP          `yaml:"imap"`
+	Graph          Graph         `yaml:"graph"`
 	Folders        Folders       `yaml:"folders"`
 	PollInterval   time.Duration `yaml:"poll_interval"`
 	MaxMessageSize ByteSize      `yaml:"max_message_size"`
@@ -140,6 +163,35 @@ type IMAP struct {
 	Timeout time.Duration `yaml:"timeout"`
 	// FetchBatch is how many messages one UID FETCH / UID MOVE covers.
 	FetchBatch int `yaml:"fetch_batch"`
+}
+
+// Graph configures the Microsoft Graph source (Mail.ReadWrite app-only, or
+// Mail.ReadWrite.Shared delegated for a shared mailbox the service account
+// has Full Access to).
+type Graph struct {
+	// BaseURL: https://graph.microsoft.com/v1.0 (default),
+	// https://graph.microsoft.us/v1.0, https://dod-graph.microsoft.us/v1.0,
+	// https://microsoftgraph.chinacloudapi.cn/v1.0, or a test server.
+	BaseURL string `yaml:"base_url"`
+	// CAFile adds trusted roots (tests, TLS-inspecting proxies).
+	CAFile string `yaml:"ca_file"`
+	// Discovery is "delta" (default: per-folder delta query, the delta link
+	// kept in the state bucket) or "list" (full listing each poll).
+	Discovery string `yaml:"discovery"`
+	// PageSize for listings and delta pages (1..1000, default 200).
+	PageSize int `yaml:"page_size"`
+	// MaxConcurrency: requests in flight for this mailbox (1..4, default 4,
+	// Exchange's MailboxConcurrency limit).
+	MaxConcurrency int `yaml:"max_concurrency"`
+	// RequestBudget requests per BudgetWindow for this mailbox (default
+	// 10000 per 10m, Exchange's limit per app and mailbox).
+	RequestBudget int           `yaml:"request_budget"`
+	BudgetWindow  time.Duration `yaml:"budget_window"`
+	// Timeout bounds one request (default 60s); downloads of raw MIME are
+	// bounded by lack of progress for this long instead.
+	Timeout time.Duration `yaml:"timeout"`
+	// DisableBatch turns off $batch for moves (on by default).
+	DisableBatch bool `yaml:"disable_batch"`
 }
 
 // Secret is a string never printed by fmt or logged.
