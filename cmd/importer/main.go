@@ -64,7 +64,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg, err := config.LoadImporter(*cfgPath)
 	if err != nil {
-		fmt.Fprintf(stderr, "config %s:\n%v\n", *cfgPath, err)
+		fmt.Fprintln(stderr, err) // names the file already
 		return 2
 	}
 	log, err := logging.New(cfg.Log.Level, cfg.Log.Format)
