@@ -111,11 +111,11 @@ func (s *Server) authenticate(r *http.Request) (Claims, *gErr) {
 type perm int
 
 const (
-	permNone perm = iota
-	permRead      // read folders and messages
-	permWrite     // create, move, delete
-	permSend      // sendMail, send a draft
-	permUser      // read the user object
+	permNone  perm = iota
+	permRead       // read folders and messages
+	permWrite      // create, move, delete
+	permSend       // sendMail, send a draft
+	permUser       // read the user object
 )
 
 // authorize checks that the token may do need on mb.

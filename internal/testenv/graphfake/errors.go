@@ -1,6 +1,7 @@
 package graphfake
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -52,9 +53,13 @@ const (
 	msgSendAsDenied   = "The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account., Cannot submit message."
 )
 
-func errItemNotFound() *gErr { return newErr(http.StatusNotFound, "ErrorItemNotFound", msgItemNotFound) }
+func errItemNotFound() *gErr {
+	return newErr(http.StatusNotFound, "ErrorItemNotFound", msgItemNotFound)
+}
 
-func errAccessDenied() *gErr { return newErr(http.StatusForbidden, "ErrorAccessDenied", msgAccessDenied) }
+func errAccessDenied() *gErr {
+	return newErr(http.StatusForbidden, "ErrorAccessDenied", msgAccessDenied)
+}
 
 func errBadRequest(msg string) *gErr { return newErr(http.StatusBadRequest, "BadRequest", msg) }
 
@@ -96,8 +101,19 @@ func (s *Server) writeError(w http.ResponseWriter, e *gErr) {
 	writeJSON(w, e.status, body)
 }
 
+// marshal encodes v as Graph does (no HTML escaping of <, >, &).
+func marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
+	b, err := marshal(v)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return

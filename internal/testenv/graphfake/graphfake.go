@@ -419,7 +419,6 @@ func (s *Server) serveCall(w http.ResponseWriter, r *http.Request, p string, cla
 	c.kind = kind
 	c.path = rt.path
 	s.count(kind, r.Method, inBatch)
-	s.sleep(r.Context())
 	if claims == nil {
 		cl, e := s.authenticate(r)
 		if e != nil {
@@ -484,6 +483,9 @@ func (s *Server) serveCall(w http.ResponseWriter, r *http.Request, p string, cla
 		return
 	}
 	defer release()
+	// The request is in flight (and holds its concurrency slot) while the
+	// latency passes.
+	s.sleep(r.Context())
 	if f := s.lim.fault(r.Method, p); f != nil {
 		s.stats.do(func(st *Stats) { st.Faults++ })
 		if f.Delay > 0 {

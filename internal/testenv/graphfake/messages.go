@@ -74,7 +74,7 @@ func (m *message) extProps() []extProp {
 	head, _ := splitHeader(m.raw)
 	out = append(out,
 		extProp{ID: "Integer 0xe08", Value: strconv.Itoa(len(m.raw))}, // PidTagMessageSize
-		extProp{ID: "String 0x7d", Value: string(head)},                 // PidTagTransportMessageHeaders
+		extProp{ID: "String 0x7d", Value: string(head)},               // PidTagTransportMessageHeaders
 	)
 	return out
 }
@@ -389,7 +389,7 @@ func sortMessagesFunc(ms []*message, key func(*message) time.Time, asc bool) {
 // page writes a collection, or 504 when it is larger than the gateway
 // lets through in time.
 func (c *call) page(v map[string]any, applied ...string) {
-	b, err := json.Marshal(v)
+	b, err := marshal(v)
 	if err != nil {
 		c.fail(newErr(http.StatusInternalServerError, "ErrorInternalServerError", err.Error()))
 		return

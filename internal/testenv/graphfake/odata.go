@@ -167,7 +167,7 @@ func (p *filterParser) expect(ch byte) bool {
 	return false
 }
 
-// literal reads an OData string literal ('it''s') or another token.
+// literal reads an OData string literal ('it”s') or another token.
 func (p *filterParser) literal() (string, bool, bool) {
 	p.ws()
 	if p.pos < len(p.s) && p.s[p.pos] == '\'' {
@@ -189,8 +189,11 @@ func (p *filterParser) literal() (string, bool, bool) {
 		}
 		return "", true, false // unterminated
 	}
-	w := p.word()
-	return w, false, w != ""
+	start := p.pos
+	for p.pos < len(p.s) && p.s[p.pos] != ' ' && p.s[p.pos] != ')' && p.s[p.pos] != ',' {
+		p.pos++
+	}
+	return p.s[start:p.pos], false, p.pos > start
 }
 
 // parseFilter parses "a eq 'x' and b ge 2024-01-01T00:00:00Z" for the

@@ -104,7 +104,6 @@ var contentRange = regexp.MustCompile(`^bytes (\d+)-(\d+)/(\d+)$`)
 // is pre-authenticated: no Authorization header.
 func (s *Server) serveUpload(w http.ResponseWriter, r *http.Request) {
 	s.count("upload.put", r.Method, false)
-	s.sleep(r.Context())
 	mm := sessionPath.FindStringSubmatch(r.URL.Path)
 	if mm == nil {
 		s.writeError(w, errSegment(r.URL.Path))
@@ -162,6 +161,7 @@ func (s *Server) serveUpload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer release()
+	s.sleep(r.Context())
 	if f := s.lim.fault(r.Method, r.URL.Path); f != nil && f.CutAfter == 0 {
 		s.stats.do(func(st *Stats) { st.Faults++ })
 		sleepCtx(r.Context(), f.Delay)
