@@ -55,7 +55,9 @@ func itoa(n int) string { return strconv.Itoa(n) }
 
 func sorted(s []string) []string { s = append([]string(nil), s...); sort.Strings(s); return s }
 
-func equalSets(a, b []string) bool { return strings.Join(sorted(a), ",") == strings.Join(sorted(b), ",") }
+func equalSets(a, b []string) bool {
+	return strings.Join(sorted(a), ",") == strings.Join(sorted(b), ",")
+}
 
 func TestDeltaAddsRemovesAndExpiry(t *testing.T) {
 	e := newEnv(t)
