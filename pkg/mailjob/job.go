@@ -27,7 +27,10 @@
 // (and the rules a schema cannot express) for Go.
 package mailjob
 
-import "time"
+import (
+	"encoding/base64"
+	"time"
+)
 
 // Job is one outbound mail. Its JSON form is the payload of a job message
 // and is described by the JSON Schema returned by Schema.
@@ -221,3 +224,17 @@ const (
 	MaxCorrelationValLen = 256 // characters
 	MaxSenderProfileLen  = 64
 )
+
+// InlineAttachment returns an attachment carrying data in the job
+// (base64-encoded). Keep it small: all inline content of a job is limited
+// to Limits.MaxInlineSize encoded bytes; upload larger files with
+// UploadAttachment.
+func InlineAttachment(filename, contentType string, data []byte) Attachment {
+	return Attachment{Filename: filename, ContentType: contentType, ContentBase64: base64.StdEncoding.EncodeToString(data)}
+}
+
+// ObjectAttachment returns an attachment whose content is the uploaded
+// object ref.
+func ObjectAttachment(filename, contentType string, ref ObjectRef) Attachment {
+	return Attachment{Filename: filename, ContentType: contentType, Object: &ref}
+}

@@ -62,14 +62,6 @@ func UploadAttachment(ctx context.Context, js jetstream.JetStream, bucket, name 
 
 	id := nuid.Next()
 	chunkSubj := "$O." + bucket + ".C." + id
-	fail := func(err error) (ObjectRef, error) {
-		// Remove the chunks written so far; best effort, also when ctx
-		// has ended.
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(js.Options().DefaultTimeout, 5*time.Second))
-		defer cancel()
-		_ = stream.Purge(pctx, jetstream.WithPurgeSubject(chunkSubj))
-		return ObjectRef{}, fmt.Errorf("mailjob: upload %s/%s: %w", bucket, name, err)
-	}
 
 	type inflight struct {
 		ack jetstream.PubAckFuture
@@ -82,16 +74,32 @@ func UploadAttachment(ctx context.Context, js jetstream.JetStream, bucket, name 
 		size   uint64
 		chunks uint32
 	)
+	fail := func(err error) (ObjectRef, error) {
+		// Remove the chunks written so far, once those in flight have
+		// landed; best effort, also when ctx has ended.
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(js.Options().DefaultTimeout, 5*time.Second))
+		defer cancel()
+		for _, f := range queue {
+			select {
+			case <-f.ack.Ok():
+			case <-f.ack.Err():
+			case <-pctx.Done():
+			}
+		}
+		_ = stream.Purge(pctx, jetstream.WithPurgeSubject(chunkSubj))
+		return ObjectRef{}, fmt.Errorf("mailjob: upload %s/%s: %w", bucket, name, err)
+	}
 	waitOldest := func() error {
 		f := queue[0]
-		queue = queue[1:]
 		select {
 		case <-f.ack.Ok():
 			// Only now may the buffer be reused: the future keeps the
 			// message for a retry until it is acknowledged.
+			queue = queue[1:]
 			free = append(free, f.buf)
 			return nil
 		case err := <-f.ack.Err():
+			queue = queue[1:]
 			return err
 		case <-ctx.Done():
 			return ctx.Err()
