@@ -121,6 +121,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8")
 	h.Set("Cache-Control", "private")
+	h.Set("OData-Version", "4.0")
 	w.WriteHeader(status)
 	_, _ = w.Write(b)
 }

@@ -401,6 +401,8 @@ func (c *call) page(v map[string]any, applied ...string) {
 	c.applied(applied...)
 	h := c.w.Header()
 	h.Set("Content-Type", "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8")
+	h.Set("Cache-Control", "private")
+	h.Set("OData-Version", "4.0")
 	c.w.WriteHeader(http.StatusOK)
 	_, _ = c.w.Write(b)
 }

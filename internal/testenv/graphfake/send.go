@@ -190,7 +190,6 @@ func (m *message) rebuild(date time.Time) {
 		if m.draft.from == nil {
 			m.meta.from, m.meta.sender = nil, nil
 		}
-		m.meta.headers = append(m.meta.headers[:0:0], m.meta.headers...)
 	case m.mimeBase != nil:
 		m.raw = wrapMIME(m.mimeBase, m.atts)
 		m.meta = parseMeta(m.raw)

@@ -223,9 +223,6 @@ func (l *limiter) admit(key throttleKey, method string, bodyBytes int64) (releas
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	lim := l.lim
-	if now.Before(l.stormUntil) {
-		return nil, false, errThrottled(retryAfter(l.stormRetry))
-	}
 	w := l.reqs[key]
 	if w == nil {
 		w = &window{}
@@ -233,6 +230,9 @@ func (l *limiter) admit(key throttleKey, method string, bodyBytes int64) (releas
 	}
 	w.prune(now, lim.BudgetWindow)
 	w.ev = append(w.ev, event{now, 1}) // requests made while throttled count too
+	if now.Before(l.stormUntil) {
+		return nil, false, errThrottled(retryAfter(l.stormRetry))
+	}
 	if lim.RequestBudget > 0 && w.sum() > int64(lim.RequestBudget) {
 		return nil, false, errThrottled(retryAfter(w.waitUntilBelow(now, lim.BudgetWindow, int64(lim.RequestBudget)-1)))
 	}
