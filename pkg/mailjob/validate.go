@@ -33,8 +33,9 @@ func (p Problem) String() string {
 	return p.Path + ": " + p.Reason
 }
 
-// ValidationError lists every problem found in a job, in the order of the
-// job's fields.
+// ValidationError lists every problem found in a job: Validate reports
+// them in the order of the job's fields; ParseJob and ValidateJSON first
+// the structural ones in the order of the document.
 type ValidationError struct {
 	Problems []Problem
 }
