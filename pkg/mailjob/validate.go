@@ -216,7 +216,7 @@ func (v *validator) attachments(as []Attachment) (inline, size int64) {
 		switch {
 		case a.ContentType == "":
 			v.add(field(p, "content_type"), "required")
-		case len(a.ContentType) > MaxContentTypeLen || !contentTypeRe.MatchString(a.ContentType):
+		case utf8.RuneCountInString(a.ContentType) > MaxContentTypeLen || !contentTypeRe.MatchString(a.ContentType):
 			v.add(field(p, "content_type"), "must be a media type such as application/pdf (parameters allowed), at most %d characters", MaxContentTypeLen)
 		}
 		switch cid := a.ContentID; {
