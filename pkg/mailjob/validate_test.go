@@ -321,3 +321,44 @@ func TestBase64Size(t *testing.T) {
 		}
 	}
 }
+
+// TestParseJob checks that ParseJob is about structure only: content rules
+// and limits are Validate's.
+func TestParseJob(t *testing.T) {
+	data := []byte(`{"job_id":"j 1","from":"a@example.com","to":[{"address":"b@example.org"}],"subject":"s","text":"t",
+		"headers":{"Content-Type":"text/html"},"created_at":"2026-03-02T08:15:04.5+01:00"}`)
+	j, err := ParseJob(data)
+	if err != nil {
+		t.Fatalf("ParseJob applied content rules: %v", err)
+	}
+	if j.JobID != "j 1" || j.Headers["Content-Type"] != "text/html" || !j.CreatedAt.Equal(time.Date(2026, 3, 2, 7, 15, 4, 5e8, time.UTC)) {
+		t.Errorf("decoded %+v", j)
+	}
+	probs := problemsOf(t, j.Validate(DefaultLimits))
+	if len(probs) != 2 || probs[0].Path != "job_id" || probs[1].Path != "headers.Content-Type" {
+		t.Errorf("Validate: %v", probs)
+	}
+
+	// Structural problems: every one, with the partial job.
+	j, err = ParseJob([]byte(`{"job_id":"j1","from":"a@example.com","to":[{"address":"b@example.org","email":"x"}],
+		"subject":null,"text":"t","correlation":{"order":"42"},"inline":true}`))
+	probs = problemsOf(t, err)
+	got := fmt.Sprint(probs)
+	for _, want := range []string{"to[0].email: unknown field", "subject: must be a string, not null", "inline: unknown field"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("problems %s lack %q", got, want)
+		}
+	}
+	if j == nil || j.JobID != "j1" || j.Correlation["order"] != "42" {
+		t.Errorf("partial job %+v", j)
+	}
+	if j, err := ParseJob([]byte(`{"job_id":`)); j != nil || err == nil {
+		t.Errorf("broken JSON: %+v %v", j, err)
+	}
+	if _, err := ParseJob([]byte(`{"job_id":"a","from":"a@example.com","subject":"","text":"x","to":[{"address":"b@example.com"}]} {}`)); err == nil {
+		t.Error("data after the job accepted")
+	}
+	if _, err := ParseJob([]byte("{\"job_id\":\"a\xff\"}")); err == nil || !strings.Contains(err.Error(), "UTF-8") {
+		t.Errorf("invalid UTF-8: %v", err)
+	}
+}
