@@ -1,10 +1,22 @@
 // Package devidp is a loopback fake of the Microsoft identity platform (Entra
-// ID v2 endpoints) for tests and the demo. It serves what MSAL Go needs for
-// the client credentials grant when instance discovery is off: the tenant's
-// OpenID configuration and the token endpoint, over HTTPS with a CA made at
-// start. Its errors have the shape and AADSTS codes Entra ID uses, and its
-// access tokens are HS256 JWTs that a dev IMAP server (Validate) or Dovecot's
-// oauth2 passdb (local validation, see WriteDovecotKey) can check offline.
+// ID v2 endpoints) for tests and the demo. It serves what MSAL Go needs when
+// instance discovery is off: the tenant's OpenID configuration, the token
+// endpoint and the device authorization endpoint, over HTTPS with a CA made
+// at start. It implements the client credentials grant (app-only), and for
+// delegated sign-in of directory users (AddUser) the device code flow
+// (ApproveDeviceCode plays the user at https://microsoft.com/devicelogin)
+// and the refresh token grant with rotation. Its errors have the shape and
+// AADSTS codes Entra ID uses, and its access tokens are HS256 JWTs that a
+// dev IMAP server (Validate) or Dovecot's oauth2 passdb (local validation,
+// see WriteDovecotKey) can check offline.
+//
+// Refresh token rotation: every redemption returns a new refresh token. The
+// redeemed one stays usable for Options.RefreshTokenGrace (so replicas that
+// share a token cache and refresh at the same moment do not lock each other
+// out), or fails at once with Options.StrictRotation. Entra ID itself keeps
+// replaced refresh tokens valid until they expire (90 days of inactivity) or
+// are revoked; the stricter modes check that a client persists the rotated
+// token and copes with identity providers that enforce one-time use.
 //
 // It is not a security component: never expose it beyond loopback.
 package devidp
@@ -59,6 +71,16 @@ type Options struct {
 	TokenTTL time.Duration
 	// Addr is the listen address; default 127.0.0.1 on a random port.
 	Addr string
+
+	// DeviceCodeTTL is how long a device code can be approved (default
+	// 15 minutes).
+	DeviceCodeTTL time.Duration
+	// RefreshTokenGrace is how long a redeemed refresh token stays usable
+	// (default DefaultRefreshTokenGrace); ignored with StrictRotation.
+	RefreshTokenGrace time.Duration
+	// StrictRotation makes a redeemed refresh token fail at once
+	// (invalid_grant AADSTS70000), as one-time-use rotation does.
+	StrictRotation bool
 }
 
 // Client is an app registration.
@@ -77,6 +99,10 @@ type Client struct {
 	// Scopes are the resources the app may get tokens for, as
 	// "https://outlook.office365.com" or ".../.default"; empty means any.
 	Scopes []string
+	// PublicClient is the app registration's "Allow public client flows":
+	// without it the device code and refresh token grants of a client
+	// that sends no credential fail with AADSTS7000218, as in Entra ID.
+	PublicClient bool
 }
 
 // Server is a running fake identity platform.
@@ -94,20 +120,46 @@ type Server struct {
 	closeOnce  sync.Once
 	tokenCount atomic.Int64
 
+	deviceCodeCount atomic.Int64
+	refreshCount    atomic.Int64
+
 	mu         sync.RWMutex
 	clients    map[string]Client
 	ttl        time.Duration
 	tokenDelay time.Duration
+
+	// delegated flows (delegated.go)
+	users          map[string]*user // by lower-case UPN
+	deviceCodes    map[string]*deviceCode
+	userCodes      map[string]*deviceCode
+	refreshTokens  map[string]*refreshToken
+	deviceCodeTTL  time.Duration
+	refreshGrace   time.Duration
+	strictRotation bool
+	claimsSeen     []string
 }
 
 // Start starts the server. Close it when done.
 func Start(opts Options) (*Server, error) {
 	s := &Server{
-		clients: make(map[string]Client),
-		ttl:     opts.TokenTTL,
+		clients:        make(map[string]Client),
+		ttl:            opts.TokenTTL,
+		users:          make(map[string]*user),
+		deviceCodes:    make(map[string]*deviceCode),
+		userCodes:      make(map[string]*deviceCode),
+		refreshTokens:  make(map[string]*refreshToken),
+		deviceCodeTTL:  opts.DeviceCodeTTL,
+		refreshGrace:   opts.RefreshTokenGrace,
+		strictRotation: opts.StrictRotation,
 	}
 	if s.ttl <= 0 {
 		s.ttl = DefaultTokenTTL
+	}
+	if s.deviceCodeTTL <= 0 {
+		s.deviceCodeTTL = DefaultDeviceCodeTTL
+	}
+	if s.refreshGrace <= 0 {
+		s.refreshGrace = DefaultRefreshTokenGrace
 	}
 	switch t := strings.TrimSpace(opts.Tenant); {
 	case t == "":

@@ -254,7 +254,8 @@ func TestTokenErrors(t *testing.T) {
 		{"scope without .default", tenant, creds("scope", "https://outlook.office365.com openid"), 400, "invalid_scope", 70011},
 		{"two resources", tenant, creds("scope", "https://outlook.office365.com/.default https://graph.microsoft.com/.default"), 400, "invalid_scope", 70011},
 		{"scope not allowed", tenant, creds("client_id", "imap-only", "scope", "https://graph.microsoft.com/.default"), 400, "invalid_scope", 70011},
-		{"refresh token grant", tenant, creds("grant_type", "refresh_token"), 400, "unsupported_grant_type", 70003},
+		{"refresh token grant without token", tenant, creds("grant_type", "refresh_token"), 400, "invalid_request", 900144},
+		{"unknown grant", tenant, creds("grant_type", "password"), 400, "unsupported_grant_type", 70003},
 		{"no client id", tenant, creds("client_id", ""), 400, "invalid_request", 900144},
 	}
 	for _, tc := range cases {
@@ -453,18 +454,4 @@ func TestTLS(t *testing.T) {
 	if cfg["issuer"] != "https://localhost"+port+"/"+s.TenantID()+"/v2.0" {
 		t.Errorf("issuer for localhost = %v", cfg["issuer"])
 	}
-}
-
-func TestDeviceCodeNotYetSupported(t *testing.T) {
-	s := start(t)
-	resp, err := s.HTTPClient().PostForm("https://"+s.AuthorityHost()+"/"+tenant+"/oauth2/v2.0/devicecode", url.Values{"client_id": {clientID}, "scope": {"openid"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var e devidp.ErrorResponse
-	if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
-		t.Fatal(err)
-	}
-	checkError(t, tokenAnswer{status: resp.StatusCode, err: e}, 400, "unsupported_grant_type", 70003)
 }

@@ -136,3 +136,70 @@ func errUnsupportedGrant(grant string) aadError {
 	return aadError{http.StatusBadRequest, "unsupported_grant_type", 70003, fmt.Sprintf(
 		"The app requested an unsupported grant type '%s'.", grant)}
 }
+
+func errMultipleResources(scope string) aadError {
+	return aadError{http.StatusBadRequest, "invalid_scope", 28000, fmt.Sprintf(
+		"Provided value for the input parameter scope is not valid because it contains more than one resource. Scope %s is not valid.", scope)}
+}
+
+func errAuthorizationPending() aadError {
+	return aadError{http.StatusBadRequest, "authorization_pending", 70016,
+		"The provided request has not yet been authorized by the user. The user must input their code."}
+}
+
+func errAuthorizationDeclined() aadError {
+	return aadError{http.StatusBadRequest, "authorization_declined", 70000,
+		"The user declined the authorization request on the device login page."}
+}
+
+func errDeviceCodeExpired() aadError {
+	return aadError{http.StatusBadRequest, "expired_token", 70019,
+		"Verification code expired. The user did not complete the sign-in in time: start the device code flow again."}
+}
+
+func errBadVerificationCode() aadError {
+	return aadError{http.StatusBadRequest, "bad_verification_code", 70018,
+		"Invalid verification code: the device_code was not issued to this application or is unknown."}
+}
+
+func errDeviceCodeRedeemed() aadError {
+	return aadError{http.StatusBadRequest, "invalid_grant", 70000,
+		"The provided value for the input parameter 'device_code' is not valid: it has already been redeemed."}
+}
+
+func errUserNotFound(upn string) aadError {
+	return aadError{http.StatusBadRequest, "invalid_grant", 50034, fmt.Sprintf(
+		"The user account %s does not exist in the directory. To sign into this application, the account must be added to the directory.", upn)}
+}
+
+func errMalformedGrant() aadError {
+	return aadError{http.StatusBadRequest, "invalid_grant", 9002313,
+		"Invalid request. Request is malformed or invalid: the refresh token is not valid."}
+}
+
+func errRefreshTokenOtherClient(clientID string) aadError {
+	return aadError{http.StatusBadRequest, "invalid_grant", 70000, fmt.Sprintf(
+		"Provided grant is invalid or malformed: the refresh token was issued to another application than '%s'.", clientID)}
+}
+
+func errRefreshTokenRevoked() aadError {
+	return aadError{http.StatusBadRequest, "invalid_grant", 50173,
+		"The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password."}
+}
+
+func errRefreshTokenInactive(issued time.Time) aadError {
+	return aadError{http.StatusBadRequest, "invalid_grant", 700082, fmt.Sprintf(
+		"The refresh token has expired due to inactivity. The token was issued on %s and was inactive for 90.00:00:00.",
+		issued.UTC().Format("2006-01-02T15:04:05.0000000Z"))}
+}
+
+func errRefreshTokenReplaced() aadError {
+	return aadError{http.StatusBadRequest, "invalid_grant", 70000,
+		"Provided grant is invalid or malformed: the refresh token has already been redeemed and was replaced by a new one (strict rotation)."}
+}
+
+func errConsentRequired(clientID, scope string) aadError {
+	return aadError{http.StatusBadRequest, "invalid_grant", 65001, fmt.Sprintf(
+		"The user or administrator has not consented to use the application with ID '%s' for scope '%s'. "+
+			"Send an interactive authorization request for this user and resource.", clientID, scope)}
+}

@@ -20,8 +20,11 @@ import (
 const (
 	grantClientCredentials = "client_credentials"
 	grantDeviceCode        = "urn:ietf:params:oauth:grant-type:device_code"
-	grantRefreshToken      = "refresh_token"
-	assertionTypeJWT       = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+	// grantDeviceCodeShort is what MSAL libraries send; Entra ID accepts
+	// both names.
+	grantDeviceCodeShort = "device_code"
+	grantRefreshToken    = "refresh_token"
+	assertionTypeJWT     = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 )
 
 func (s *Server) routes() http.Handler {
@@ -101,16 +104,6 @@ func (s *Server) handleInstanceDiscovery(w http.ResponseWriter, r *http.Request)
 	})
 }
 
-// handleDeviceCode is the device authorization endpoint. The device code
-// flow is not implemented yet.
-func (s *Server) handleDeviceCode(w http.ResponseWriter, r *http.Request) {
-	if tenant := r.PathValue("tenant"); !s.knownTenant(tenant) {
-		s.writeError(w, r, errTenantNotFound(tenant))
-		return
-	}
-	s.writeError(w, r, errUnsupportedGrant(grantDeviceCode))
-}
-
 // tokenResponse is a successful token answer.
 type tokenResponse struct {
 	TokenType    string `json:"token_type"`
@@ -143,11 +136,13 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 	switch grant {
 	case grantClientCredentials:
 		s.clientCredentials(w, r, ttl)
+	case grantDeviceCode, grantDeviceCodeShort:
+		s.deviceCodeGrant(w, r, ttl)
+	case grantRefreshToken:
+		s.refreshTokenGrant(w, r, ttl)
 	case "":
 		s.writeError(w, r, errMissingParam("grant_type"))
 	default:
-		// grantDeviceCode and grantRefreshToken go here once the delegated
-		// flows are needed.
 		s.writeError(w, r, errUnsupportedGrant(grant))
 	}
 }
@@ -155,7 +150,7 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 func (s *Server) clientCredentials(w http.ResponseWriter, r *http.Request, ttl time.Duration) {
 	form := r.PostForm
 	clientID := form.Get("client_id")
-	basicID, basicSecret, hasBasic := r.BasicAuth()
+	basicID, _, hasBasic := r.BasicAuth()
 	if clientID == "" && hasBasic {
 		clientID = basicID
 	}
@@ -168,35 +163,9 @@ func (s *Server) clientCredentials(w http.ResponseWriter, r *http.Request, ttl t
 		s.writeError(w, r, errClientNotFound(clientID, s.tenant))
 		return
 	}
-
-	var acr string
-	switch {
-	case form.Get("client_assertion") != "":
-		if form.Get("client_assertion_type") != assertionTypeJWT {
-			s.writeError(w, r, errAssertionType())
-			return
-		}
-		if e := s.checkAssertion(r, c, form.Get("client_assertion")); e != nil {
-			s.writeError(w, r, *e)
-			return
-		}
-		acr = "2"
-	case form.Get("client_secret") != "" || (hasBasic && basicSecret != ""):
-		secret := form.Get("client_secret")
-		if secret == "" {
-			secret = basicSecret
-		}
-		if c.Secret == "" || subtle.ConstantTimeCompare([]byte(secret), []byte(c.Secret)) != 1 {
-			s.writeError(w, r, errInvalidSecret(c.ID))
-			return
-		}
-		if c.SecretExpired {
-			s.writeError(w, r, errSecretExpired(c.ID))
-			return
-		}
-		acr = "1"
-	default:
-		s.writeError(w, r, errNoCredential())
+	acr, e := s.authenticateClient(r, c)
+	if e != nil {
+		s.writeError(w, r, *e)
 		return
 	}
 
@@ -205,6 +174,7 @@ func (s *Server) clientCredentials(w http.ResponseWriter, r *http.Request, ttl t
 		s.writeError(w, r, *e)
 		return
 	}
+	s.recordClaims(r)
 	tok, err := s.mint(c.ID, acr, c.Email, aud, ttl)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
@@ -218,6 +188,38 @@ func (s *Server) clientCredentials(w http.ResponseWriter, r *http.Request, ttl t
 		ExtExpiresIn: secs,
 		AccessToken:  tok,
 	})
+}
+
+// authenticateClient checks a confidential client's credential: a client
+// assertion signed with its certificate, or its secret (in the form or as
+// HTTP basic authentication). It returns the appidacr claim: "1" for a
+// secret, "2" for a certificate.
+func (s *Server) authenticateClient(r *http.Request, c Client) (string, *aadError) {
+	form := r.PostForm
+	_, basicSecret, hasBasic := r.BasicAuth()
+	switch {
+	case form.Get("client_assertion") != "":
+		if form.Get("client_assertion_type") != assertionTypeJWT {
+			return "", ptr(errAssertionType())
+		}
+		if e := s.checkAssertion(r, c, form.Get("client_assertion")); e != nil {
+			return "", e
+		}
+		return "2", nil
+	case form.Get("client_secret") != "" || (hasBasic && basicSecret != ""):
+		secret := form.Get("client_secret")
+		if secret == "" {
+			secret = basicSecret
+		}
+		if c.Secret == "" || subtle.ConstantTimeCompare([]byte(secret), []byte(c.Secret)) != 1 {
+			return "", ptr(errInvalidSecret(c.ID))
+		}
+		if c.SecretExpired {
+			return "", ptr(errSecretExpired(c.ID))
+		}
+		return "1", nil
+	}
+	return "", ptr(errNoCredential())
 }
 
 // oidcScopes are added by MSAL to every request and ignored for app tokens.

@@ -26,10 +26,18 @@ type Claims struct {
 	TenantID string
 	AppID    string
 	// AppIDACR is "1" for a secret, "2" for a certificate.
-	AppIDACR  string
-	Email     string
-	UPN       string
-	Roles     []string
+	AppIDACR string
+	Email    string
+	UPN      string
+	Roles    []string
+	// Name is the user's display name (delegated tokens).
+	Name string
+	// Scopes are the delegated permissions (scp claim, space-separated in
+	// the token), e.g. IMAP.AccessAsUser.All; empty in app-only tokens.
+	Scopes []string
+	// ACRS are the authentication contexts satisfied (acrs claim), present
+	// when the token request carried a claims challenge asking for them.
+	ACRS      []string
 	TokenID   string // uti
 	IssuedAt  time.Time
 	NotBefore time.Time
@@ -40,6 +48,16 @@ type Claims struct {
 func (c Claims) HasRole(role string) bool {
 	for _, r := range c.Roles {
 		if strings.EqualFold(r, role) {
+			return true
+		}
+	}
+	return false
+}
+
+// HasScope reports whether a delegated token carries a permission.
+func (c Claims) HasScope(scope string) bool {
+	for _, s := range c.Scopes {
+		if strings.EqualFold(s, scope) {
 			return true
 		}
 	}
@@ -143,7 +161,14 @@ func (s *Server) Validate(token, audience string) (Claims, error) {
 		AppIDACR: str(mc["appidacr"]),
 		Email:    str(mc["email"]),
 		UPN:      str(mc["upn"]),
+		Name:     str(mc["name"]),
+		Scopes:   strings.Fields(str(mc["scp"])),
 		TokenID:  str(mc["uti"]),
+	}
+	if acrs, ok := mc["acrs"].([]any); ok {
+		for _, a := range acrs {
+			c.ACRS = append(c.ACRS, str(a))
+		}
 	}
 	if aud, err := mc.GetAudience(); err == nil && len(aud) > 0 {
 		c.Audience = aud[0]
