@@ -46,10 +46,13 @@ var microsoftHosts = map[string]bool{
 type Option func(*options)
 
 type options struct {
-	log        *zap.Logger
-	httpClient *http.Client
-	now        func() time.Time
-	timeout    time.Duration
+	log          *zap.Logger
+	httpClient   *http.Client
+	now          func() time.Time
+	timeout      time.Duration
+	capabilities []string
+	signInCmd    string
+	rotationWait time.Duration
 }
 
 // WithLogger sets the logger (default: none). Tokens and secrets are never
@@ -93,6 +96,37 @@ func WithRequestTimeout(d time.Duration) Option {
 	}
 }
 
+// WithClientCapabilities declares client capabilities to Entra ID, e.g.
+// "cp1" for Continuous Access Evaluation: Entra ID may then issue
+// longer-lived tokens that resources revoke on critical events, answering
+// with a claims challenge (see ClaimsTokenSource). Declare it only when
+// every user of the tokens handles claims challenges. Default: none.
+func WithClientCapabilities(caps ...string) Option {
+	return func(o *options) {
+		o.capabilities = append([]string(nil), caps...)
+	}
+}
+
+// ident is what App and Delegated share: the identity's names for error
+// texts and logs, the clock and the request timeout.
+type ident struct {
+	name      string
+	tenant    string
+	clientID  string
+	authority string
+	secret    string // only to redact it from error texts
+	// delegated identities: the service account and the command that
+	// signs it in (for hints).
+	delegated bool
+	username  string
+	signInCmd string
+	log       *zap.Logger
+	now       func() time.Time
+	timeout   time.Duration
+}
+
+func (id *ident) base() *ident { return id }
+
 // App is one Entra ID app registration (a confidential client) used with
 // the client credentials grant. It hands out one TokenSource per scope.
 //
@@ -103,15 +137,8 @@ func WithRequestTimeout(d time.Duration) Option {
 // token: MSAL would otherwise hand back its cached token until 5 minutes
 // before expiry, even one a server has just rejected.
 type App struct {
-	name      string
-	tenant    string
-	clientID  string
-	authority string
-	secret    string // only to redact it from error texts
-	client    confidential.Client
-	log       *zap.Logger
-	now       func() time.Time
-	timeout   time.Duration
+	ident
+	client confidential.Client
 
 	mu      sync.Mutex
 	sources map[string]*source
@@ -124,28 +151,11 @@ type App struct {
 // in it or in PrivateKeyFile; RSA only). Errors name the configuration key
 // at fault. NewApp does no network I/O.
 func NewApp(name string, id config.Identity, opts ...Option) (*App, error) {
-	o := options{now: time.Now, timeout: DefaultRequestTimeout}
-	for _, opt := range opts {
-		opt(&o)
-	}
-	if o.log == nil {
-		o.log = zap.NewNop()
-	}
+	o := newOptions(opts)
 	key := "identities." + name
-	tenant := strings.TrimSpace(id.TenantID)
-	clientID := strings.TrimSpace(id.ClientID)
-	if tenant == "" {
-		return nil, fmt.Errorf("%s.tenant_id: missing (the Directory (tenant) ID or a verified domain of the tenant)", key)
-	}
-	if strings.ContainsAny(tenant, "/?#% ") {
-		return nil, fmt.Errorf("%s.tenant_id: %q is not a tenant ID or domain", key, tenant)
-	}
-	if clientID == "" {
-		return nil, fmt.Errorf("%s.client_id: missing (the Application (client) ID of the app registration)", key)
-	}
-	host, err := authorityHost(id.AuthorityHost)
+	tenant, clientID, host, err := commonSettings(key, id)
 	if err != nil {
-		return nil, fmt.Errorf("%s.authority_host: %w", key, err)
+		return nil, err
 	}
 
 	secret := strings.TrimSpace(id.ClientSecret.Value())
@@ -172,12 +182,9 @@ func NewApp(name string, id config.Identity, opts ...Option) (*App, error) {
 		return nil, fmt.Errorf("%s: no credential: set client_secret, client_secret_file or certificate_file", key)
 	}
 
-	hc := o.httpClient
-	if hc == nil {
-		hc, err = newHTTPClient(id.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("%s.ca_file: %w", key, err)
-		}
+	hc, err := o.client(key, id)
+	if err != nil {
+		return nil, err
 	}
 
 	authority := "https://" + host + "/" + tenant
@@ -192,22 +199,73 @@ func NewApp(name string, id config.Identity, opts ...Option) (*App, error) {
 	if !microsoftHosts[strings.ToLower(hostOnly(host))] {
 		copts = append(copts, confidential.WithInstanceDiscovery(false))
 	}
+	if len(o.capabilities) > 0 {
+		copts = append(copts, confidential.WithClientCapabilities(o.capabilities))
+	}
 	client, err := confidential.New(authority, clientID, cred, copts...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: authority %s: %w", key, authority, err)
 	}
 	return &App{
-		name:      name,
-		tenant:    tenant,
-		clientID:  clientID,
-		authority: authority,
-		secret:    secret,
-		client:    client,
-		log:       o.log.With(zap.String("identity", name), zap.String("tenant_id", tenant), zap.String("client_id", clientID)),
-		now:       o.now,
-		timeout:   o.timeout,
-		sources:   make(map[string]*source),
+		ident: ident{
+			name:      name,
+			tenant:    tenant,
+			clientID:  clientID,
+			authority: authority,
+			secret:    secret,
+			log:       o.log.With(zap.String("identity", name), zap.String("tenant_id", tenant), zap.String("client_id", clientID)),
+			now:       o.now,
+			timeout:   o.timeout,
+		},
+		client:  client,
+		sources: make(map[string]*source),
 	}, nil
+}
+
+// newOptions applies opts over the defaults.
+func newOptions(opts []Option) options {
+	o := options{now: time.Now, timeout: DefaultRequestTimeout}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.log == nil {
+		o.log = zap.NewNop()
+	}
+	return o
+}
+
+// client is the HTTP client: the one given with WithHTTPClient, or one
+// trusting the system roots plus the identity's ca_file.
+func (o options) client(key string, id config.Identity) (*http.Client, error) {
+	if o.httpClient != nil {
+		return o.httpClient, nil
+	}
+	hc, err := newHTTPClient(id.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s.ca_file: %w", key, err)
+	}
+	return hc, nil
+}
+
+// commonSettings checks tenant_id, client_id and authority_host of the
+// identity at configuration key key.
+func commonSettings(key string, id config.Identity) (tenant, clientID, host string, err error) {
+	tenant = strings.TrimSpace(id.TenantID)
+	clientID = strings.TrimSpace(id.ClientID)
+	if tenant == "" {
+		return "", "", "", fmt.Errorf("%s.tenant_id: missing (the Directory (tenant) ID or a verified domain of the tenant)", key)
+	}
+	if strings.ContainsAny(tenant, "/?#% ") {
+		return "", "", "", fmt.Errorf("%s.tenant_id: %q is not a tenant ID or domain", key, tenant)
+	}
+	if clientID == "" {
+		return "", "", "", fmt.Errorf("%s.client_id: missing (the Application (client) ID of the app registration)", key)
+	}
+	host, err = authorityHost(id.AuthorityHost)
+	if err != nil {
+		return "", "", "", fmt.Errorf("%s.authority_host: %w", key, err)
+	}
+	return tenant, clientID, host, nil
 }
 
 // Name is the identity's name.
@@ -224,17 +282,21 @@ func (a *App) Source(scope string) TokenSource {
 	defer a.mu.Unlock()
 	s, ok := a.sources[scope]
 	if !ok {
-		s = &source{app: a, scope: scope}
+		s = &source{b: a, scope: scope}
 		a.sources[scope] = s
 	}
 	return s
 }
 
 // acquire asks the token endpoint for a token (MSAL's cache is always
-// empty, see noCache).
-func (a *App) acquire(ctx context.Context, scope string) (Token, error) {
+// empty, see noCache), with a claims challenge when claims is set.
+func (a *App) acquire(ctx context.Context, scope, claims string) (Token, error) {
 	start := time.Now()
-	res, err := a.client.AcquireTokenByCredential(ctx, []string{scope})
+	var opts []confidential.AcquireByCredentialOption
+	if claims != "" {
+		opts = append(opts, confidential.WithClaims(claims))
+	}
+	res, err := a.client.AcquireTokenByCredential(ctx, []string{scope}, opts...)
 	if err != nil {
 		e := a.classify(scope, err)
 		a.log.Warn("access token request failed",
@@ -248,6 +310,7 @@ func (a *App) acquire(ctx context.Context, scope string) (Token, error) {
 	}
 	a.log.Debug("access token acquired",
 		zap.String("scope", scope),
+		zap.Bool("claims_challenge", claims != ""),
 		zap.Time("expires_on", res.ExpiresOn),
 		zap.Duration("took", time.Since(start)))
 	return Token{Value: res.AccessToken, ExpiresOn: res.ExpiresOn}, nil
@@ -266,6 +329,10 @@ func (noCache) Replace(_ context.Context, c cache.Unmarshaler, _ cache.ReplaceHi
 }
 
 func (noCache) Export(context.Context, cache.Marshaler, cache.ExportHints) error { return nil }
+
+// forget is the Invalidate hook of the sources: nothing to do, MSAL's
+// cache is always empty.
+func (a *App) forget(string, Token) {}
 
 // authorityHost normalises authority_host: default, no scheme, no path.
 func authorityHost(h string) (string, error) {

@@ -93,13 +93,19 @@ var transientCodes = map[string]bool{
 }
 
 // classify turns an MSAL error into an *Error.
-func (a *App) classify(scope string, err error) *Error {
+func (a *ident) classify(scope string, err error) *Error {
 	e := &Error{Identity: a.name, Tenant: a.tenant, Client: a.clientID, Scope: scope}
 	var callErr msalerrors.CallErr
 	var urlErr *url.Error
+	var cacheErr *cacheError
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
 		return a.contextError(scope, err)
+	case errors.As(err, &cacheErr):
+		e.Err = err
+		e.Description = cacheErr.Error()
+		e.Hint = a.cacheHint(err)
+		e.Permanent = errors.Is(err, ErrCacheUndecryptable)
 	case errors.As(err, &callErr):
 		a.fromCallErr(e, callErr)
 	case errors.As(err, &urlErr) || isNetError(err):
@@ -124,7 +130,7 @@ func (a *App) classify(scope string, err error) *Error {
 	return e
 }
 
-func (a *App) fromCallErr(e *Error, ce msalerrors.CallErr) {
+func (a *ident) fromCallErr(e *Error, ce msalerrors.CallErr) {
 	var body []byte
 	if ce.Resp != nil {
 		e.HTTPStatus = ce.Resp.StatusCode
@@ -201,7 +207,12 @@ func permanent(code string, status int) bool {
 }
 
 // hint gives the operator advice for common codes.
-func (a *App) hint(e *Error) string {
+func (a *ident) hint(e *Error) string {
+	if a.delegated {
+		if h := a.delegatedHint(e); h != "" {
+			return h
+		}
+	}
 	id := "identities." + a.name
 	switch e.Code {
 	case "AADSTS7000215":
@@ -250,8 +261,53 @@ func (a *App) hint(e *Error) string {
 	return ""
 }
 
+// delegatedHint gives advice for the codes of delegated sign-in.
+func (a *ident) delegatedHint(e *Error) string {
+	signIn := "sign in again: run `" + a.signInCmd + "`"
+	switch e.Code {
+	case "AADSTS50173":
+		return "the sign-in of " + a.username + " was revoked (password change or revoked sessions): " + signIn
+	case "AADSTS700082", "AADSTS70008":
+		return "the refresh token of " + a.username + " expired after 90 days without use: " + signIn +
+			" (a running importer renews it every hour)"
+	case "AADSTS70043", "AADSTS50133":
+		return "the sign-in of " + a.username + " has expired (Conditional Access sign-in frequency or a password change): " + signIn
+	case "AADSTS50076", "AADSTS50079", "AADSTS50158", "AADSTS50072", "AADSTS50074":
+		return "Entra ID wants " + a.username + " to complete an interactive step (e.g. MFA): " + signIn
+	case "AADSTS9002313":
+		return "the refresh token in the token cache is not valid: " + signIn
+	case "AADSTS65001":
+		return "consent is missing for " + e.Scope + ": an administrator must grant admin consent for the app's delegated permissions " +
+			"(Office 365 Exchange Online IMAP.AccessAsUser.All; Microsoft Graph Mail.ReadWrite.Shared, Mail.Send.Shared; offline_access), " +
+			"or " + a.username + " consents when signing in"
+	case "AADSTS7000218":
+		return "application " + a.clientID + " does not allow public client flows: in the app registration, under Authentication, " +
+			"set \"Allow public client flows\" to Yes (identities." + a.name + " is of kind delegated and sends no secret)"
+	case "AADSTS70019":
+		return "nobody signed in before the code expired: run the sign-in again and enter the code within 15 minutes"
+	case "AADSTS70018":
+		return "the device code was not recognized: run the sign-in again"
+	case "AADSTS28000":
+		return "one token serves one resource: ask for the IMAP scope and the Graph scopes in separate requests"
+	case "AADSTS70011":
+		return "scope " + e.Scope + " is not valid for a delegated token: use " + ScopeIMAPDelegated + " for IMAP, or " +
+			ScopeGraphMailReadWriteShared + " and " + ScopeGraphMailSendShared + " for Graph"
+	case "AADSTS50034", "AADSTS50057", "AADSTS50053":
+		return "check the service account " + a.username + " (it must exist, be enabled and not be locked out), then " + signIn
+	case "AADSTS53003":
+		return "a Conditional Access policy blocked the sign-in of " + a.username + ": ask the tenant administrator to allow it for this app"
+	}
+	switch e.OAuthError {
+	case "authorization_declined":
+		return "the sign-in was cancelled on the device login page: run it again and approve it"
+	case "invalid_grant", "interaction_required":
+		return "the sign-in of " + a.username + " is no longer valid: " + signIn
+	}
+	return ""
+}
+
 // contextError is the error of a request ended by its context.
-func (a *App) contextError(scope string, err error) *Error {
+func (a *ident) contextError(scope string, err error) *Error {
 	e := &Error{Identity: a.name, Tenant: a.tenant, Client: a.clientID, Scope: scope, Err: err}
 	if errors.Is(err, context.DeadlineExceeded) {
 		e.Description = "the token request timed out"
@@ -262,7 +318,7 @@ func (a *App) contextError(scope string, err error) *Error {
 	return e
 }
 
-func (a *App) redact(s string) string {
+func (a *ident) redact(s string) string {
 	if len(a.secret) >= 4 {
 		s = strings.ReplaceAll(s, a.secret, "[redacted]")
 	}

@@ -2,8 +2,14 @@ package auth
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"strings"
 	"sync"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 const (
@@ -20,9 +26,23 @@ const (
 	retryAfterFailure = 10 * time.Second
 )
 
-// source is the TokenSource of one App and scope.
+// backend gets tokens for the sources: App (client credentials) or
+// Delegated (a signed-in user's refresh token).
+type backend interface {
+	base() *ident
+	// acquire gets a new token for scope (for Delegated: a space-separated
+	// list of scopes of one resource) from the token endpoint, or from a
+	// shared cache when that token is newer than the caller's; claims is a
+	// claims challenge or "".
+	acquire(ctx context.Context, scope, claims string) (Token, error)
+	// forget is told that tok was invalidated, so that acquire does not
+	// hand it out again.
+	forget(scope string, tok Token)
+}
+
+// source is the TokenSource of one App or Delegated and scope.
 type source struct {
-	app   *App
+	b     backend
 	scope string
 
 	mu       sync.Mutex
@@ -31,6 +51,8 @@ type source struct {
 	obtained time.Time // app clock when the request for tok started
 	retryAt  time.Time // after a failed renewal: not before this
 	inflight *call
+	// claimsCalls are the claims requests in flight, by claims.
+	claimsCalls map[string]*call
 }
 
 // call is one token request that concurrent callers share.
@@ -46,11 +68,12 @@ type call struct {
 // least a minute, the cached token is returned (and renewal retried after a
 // short pause); otherwise the error, an *Error, is returned.
 func (s *source) Token(ctx context.Context) (Token, error) {
+	id := s.b.base()
 	if err := ctx.Err(); err != nil {
-		return Token{}, s.app.contextError(s.scope, err)
+		return Token{}, id.contextError(s.scope, err)
 	}
 	s.mu.Lock()
-	now := s.app.now()
+	now := id.now()
 	if s.has && (!s.needsRenew(now) || (now.Before(s.retryAt) && s.usable(now))) {
 		t := s.tok
 		s.mu.Unlock()
@@ -65,38 +88,102 @@ func (s *source) Token(ctx context.Context) (Token, error) {
 	select {
 	case <-c.done:
 	case <-ctx.Done():
-		return Token{}, s.app.contextError(s.scope, ctx.Err())
+		return Token{}, id.contextError(s.scope, ctx.Err())
 	}
 	if c.err == nil {
 		return c.tok, nil
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.has && s.usable(s.app.now()) {
+	if s.has && s.usable(id.now()) {
 		return s.tok, nil
 	}
 	return Token{}, c.err
 }
 
+// TokenWithClaims implements ClaimsTokenSource: it requests a new token
+// with the claims challenge, whatever is cached, and caches the result for
+// later Token calls. Concurrent calls with the same claims share one
+// request. claims may be the challenge's JSON or its base64 form as it
+// appears in WWW-Authenticate; empty claims just force a new token.
+func (s *source) TokenWithClaims(ctx context.Context, claims string) (Token, error) {
+	id := s.b.base()
+	if err := ctx.Err(); err != nil {
+		return Token{}, id.contextError(s.scope, err)
+	}
+	claims, err := normalizeClaims(claims)
+	if err != nil {
+		return Token{}, &Error{Identity: id.name, Tenant: id.tenant, Client: id.clientID, Scope: s.scope,
+			Description: err.Error(), Hint: "pass the claims parameter of the WWW-Authenticate challenge", Permanent: true}
+	}
+	s.mu.Lock()
+	if s.claimsCalls == nil {
+		s.claimsCalls = map[string]*call{}
+	}
+	c := s.claimsCalls[claims]
+	if c == nil {
+		c = &call{done: make(chan struct{})}
+		s.claimsCalls[claims] = c
+		old, had := s.tok, s.has
+		started := id.now()
+		go func() {
+			if had {
+				// The token the resource rejected must not come back from
+				// a cache.
+				s.b.forget(s.scope, old)
+			}
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), id.timeout)
+			tok, err := s.b.acquire(rctx, s.scope, claims)
+			cancel()
+			s.mu.Lock()
+			if err == nil {
+				s.tok, s.has, s.obtained, s.retryAt = tok, true, started, time.Time{}
+			}
+			delete(s.claimsCalls, claims)
+			c.tok, c.err = tok, err
+			s.mu.Unlock()
+			close(c.done)
+		}()
+	}
+	s.mu.Unlock()
+	select {
+	case <-c.done:
+		return c.tok, c.err
+	case <-ctx.Done():
+		return Token{}, id.contextError(s.scope, ctx.Err())
+	}
+}
+
 // Invalidate drops the cached token: the next Token call requests a new one
-// from the token endpoint (MSAL's cache is not consulted, see noCache).
+// from the token endpoint (an App's MSAL cache is always empty, see
+// noCache; a Delegated skips the dropped token in its shared cache).
 func (s *source) Invalidate() {
 	s.mu.Lock()
+	old, had := s.tok, s.has
 	s.has = false
 	s.tok = Token{}
 	s.retryAt = time.Time{}
 	s.mu.Unlock()
-	s.app.log.Debug("access token invalidated")
+	if had {
+		s.b.forget(s.scope, old)
+	}
+	s.b.base().log.Debug("access token invalidated", zap.String("scope", s.scope))
 }
 
 // needsRenew reports whether the cached token is within max(5 minutes, 10%
 // of its lifetime) of expiry.
 func (s *source) needsRenew(now time.Time) bool {
-	margin := s.tok.ExpiresOn.Sub(s.obtained) / 10
+	return renewDue(now, s.obtained, s.tok.ExpiresOn)
+}
+
+// renewDue reports whether a token obtained at obtained and expiring at
+// expires is within max(5 minutes, 10% of its lifetime) of expiry.
+func renewDue(now, obtained, expires time.Time) bool {
+	margin := expires.Sub(obtained) / 10
 	if margin < renewBefore {
 		margin = renewBefore
 	}
-	return !now.Before(s.tok.ExpiresOn.Add(-margin))
+	return !now.Before(expires.Add(-margin))
 }
 
 func (s *source) usable(now time.Time) bool {
@@ -109,17 +196,18 @@ func (s *source) usable(now time.Time) bool {
 func (s *source) start(ctx context.Context) *call {
 	c := &call{done: make(chan struct{})}
 	s.inflight = c
-	started := s.app.now()
+	id := s.b.base()
+	started := id.now()
 	go func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.app.timeout)
-		tok, err := s.app.acquire(rctx, s.scope)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), id.timeout)
+		tok, err := s.b.acquire(rctx, s.scope, "")
 		cancel()
 
 		s.mu.Lock()
 		if err == nil {
 			s.tok, s.has, s.obtained, s.retryAt = tok, true, started, time.Time{}
 		} else if s.has {
-			s.retryAt = s.app.now().Add(retryAfterFailure)
+			s.retryAt = id.now().Add(retryAfterFailure)
 		}
 		s.inflight = nil
 		c.tok, c.err = tok, err
@@ -127,4 +215,34 @@ func (s *source) start(ctx context.Context) *call {
 		close(c.done)
 	}()
 	return c
+}
+
+// String describes the token without its value, so that printing a Token
+// (in logs, errors or test failures) never leaks it.
+func (t Token) String() string {
+	if t.Value == "" {
+		return "auth.Token{}"
+	}
+	return "auth.Token{Value: [redacted], ExpiresOn: " + t.ExpiresOn.UTC().Format(time.RFC3339) + "}"
+}
+
+// GoString redacts the value for %#v too.
+func (t Token) GoString() string { return t.String() }
+
+// normalizeClaims returns the JSON of a claims challenge given as JSON or
+// base64 (standard or URL alphabet, padded or not).
+func normalizeClaims(c string) (string, error) {
+	c = strings.TrimSpace(c)
+	if c == "" || strings.HasPrefix(c, "{") {
+		if c != "" && !json.Valid([]byte(c)) {
+			return "", errors.New("the claims challenge is not valid JSON")
+		}
+		return c, nil
+	}
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err := enc.DecodeString(c); err == nil && json.Valid(b) {
+			return string(b), nil
+		}
+	}
+	return "", errors.New("the claims challenge is neither JSON nor base64-encoded JSON")
 }
