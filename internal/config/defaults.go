@@ -19,6 +19,7 @@ const (
 	DefaultStreamStorage         = "file"
 	DefaultObjectBucket          = "mailpipe-bodies"
 	DefaultStateBucket           = "mailpipe-state"
+	DefaultTokenBucket           = "mailpipe-tokens"
 	DefaultLargeMessageThreshold = 512 * KiB
 	DefaultMaxInFlight           = 256
 	DefaultPublishTimeout        = 30 * time.Second
@@ -35,6 +36,26 @@ const (
 	DefaultIMAPTimeout   = 60 * time.Second
 	DefaultFetchBatch    = 200
 	DefaultAuthorityHost = "login.microsoftonline.com"
+
+	DefaultIdentityKind = "app"
+	// DefaultExpiryWarning: warn this long before a secret or certificate
+	// expires (30 days).
+	DefaultExpiryWarning = 30 * 24 * time.Hour
+	// DefaultGraphMaxConcurrency caps an app's Graph requests in flight
+	// across all its mailboxes in one process.
+	DefaultGraphMaxConcurrency = 16
+
+	DefaultGraphBaseURL   = "https://graph.microsoft.com/v1.0"
+	DefaultGraphDiscovery = "delta"
+	DefaultGraphPageSize  = 200
+	// DefaultGraphMailboxConcurrency is Exchange's MailboxConcurrency limit:
+	// at most 4 requests in flight per app and mailbox.
+	DefaultGraphMailboxConcurrency = 4
+	// DefaultGraphRequestBudget per DefaultGraphBudgetWindow is Exchange's
+	// limit of 10,000 requests per 10 minutes per app and mailbox.
+	DefaultGraphRequestBudget = 10000
+	DefaultGraphBudgetWindow  = 10 * time.Minute
+	DefaultGraphTimeout       = 60 * time.Second
 )
 
 // ApplyDefaults fills every unset (zero) setting with its default. The
@@ -52,6 +73,7 @@ func (c *Importer) ApplyDefaults() {
 	b.DeadLetter.applyDefaults(DefaultDeadLetterName, DefaultDeadLetterPrefix, DefaultDeadLetterMaxAge)
 	setDefault(&b.ObjectBucket, DefaultObjectBucket)
 	setDefault(&b.StateBucket, DefaultStateBucket)
+	setDefault(&b.TokenBucket, DefaultTokenBucket)
 	setDefault(&b.LargeMessageThreshold, DefaultLargeMessageThreshold)
 	setDefault(&b.MaxInFlight, DefaultMaxInFlight)
 	setDefault(&b.PublishTimeout, DefaultPublishTimeout)
@@ -60,6 +82,9 @@ func (c *Importer) ApplyDefaults() {
 
 	for name, id := range c.Identities {
 		setDefault(&id.AuthorityHost, DefaultAuthorityHost)
+		setDefault(&id.Kind, DefaultIdentityKind)
+		setDefault(&id.ExpiryWarning, DefaultExpiryWarning)
+		setDefault(&id.GraphMaxConcurrency, DefaultGraphMaxConcurrency)
 		c.Identities[name] = id
 	}
 
@@ -68,17 +93,38 @@ func (c *Importer) ApplyDefaults() {
 		setDefault(&m.Source, DefaultSource)
 		setDefault(&m.PollInterval, DefaultPollInterval)
 		setDefault(&m.MaxMessageSize, DefaultMaxMessageSize)
-		setDefault(&m.IMAP.Security, DefaultIMAPSecurity)
-		if m.IMAP.Security == "starttls" || m.IMAP.Security == "insecure" {
-			setDefault(&m.IMAP.Port, DefaultIMAPPortPlain)
-		} else {
-			setDefault(&m.IMAP.Port, DefaultIMAPPortTLS)
+		// Each source's defaults apply only to its own block, so that the
+		// other block stays empty (and setting it is reported).
+		switch m.Source {
+		case "imap":
+			m.IMAP.applyDefaults(m.Address)
+		case "graph":
+			m.Graph.applyDefaults()
 		}
-		setDefault(&m.IMAP.Auth, DefaultIMAPAuth)
-		setDefault(&m.IMAP.Username, m.Address)
-		setDefault(&m.IMAP.Timeout, DefaultIMAPTimeout)
-		setDefault(&m.IMAP.FetchBatch, DefaultFetchBatch)
 	}
+}
+
+func (im *IMAP) applyDefaults(address string) {
+	setDefault(&im.Security, DefaultIMAPSecurity)
+	if im.Security == "starttls" || im.Security == "insecure" {
+		setDefault(&im.Port, DefaultIMAPPortPlain)
+	} else {
+		setDefault(&im.Port, DefaultIMAPPortTLS)
+	}
+	setDefault(&im.Auth, DefaultIMAPAuth)
+	setDefault(&im.Username, address)
+	setDefault(&im.Timeout, DefaultIMAPTimeout)
+	setDefault(&im.FetchBatch, DefaultFetchBatch)
+}
+
+func (g *Graph) applyDefaults() {
+	setDefault(&g.BaseURL, DefaultGraphBaseURL)
+	setDefault(&g.Discovery, DefaultGraphDiscovery)
+	setDefault(&g.PageSize, DefaultGraphPageSize)
+	setDefault(&g.MaxConcurrency, DefaultGraphMailboxConcurrency)
+	setDefault(&g.RequestBudget, DefaultGraphRequestBudget)
+	setDefault(&g.BudgetWindow, DefaultGraphBudgetWindow)
+	setDefault(&g.Timeout, DefaultGraphTimeout)
 }
 
 func (s *Stream) applyDefaults(name, prefix string, maxAge time.Duration) {

@@ -28,9 +28,15 @@ func (c *Importer) secretPairs() []secretPair {
 	}}
 	for _, name := range slices.Sorted(maps.Keys(c.Identities)) {
 		id := c.Identities[name]
+		path := joinKey("identities", name)
+		// Both pairs point into id, so each write-back stores both fields.
 		pairs = append(pairs, secretPair{
-			path: joinKey("identities", name), valueKey: "client_secret", fileKey: "client_secret_file",
+			path: path, valueKey: "client_secret", fileKey: "client_secret_file",
 			value: &id.ClientSecret, file: &id.ClientSecretFile,
+			writeBack: func() { c.Identities[name] = id },
+		}, secretPair{
+			path: path, valueKey: "token_cache_key", fileKey: "token_cache_key_file",
+			value: &id.TokenCacheKey, file: &id.TokenCacheKeyFile,
 			writeBack: func() { c.Identities[name] = id },
 		})
 	}

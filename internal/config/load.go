@@ -18,7 +18,8 @@ type LoadOptions struct {
 	// LookupEnv resolves ${VAR} references; nil means os.LookupEnv.
 	LookupEnv func(string) (string, bool)
 	// ReadFile reads the *_file secrets (nats.password_file,
-	// identities.*.client_secret_file, mailboxes[].imap.password_file);
+	// identities.*.client_secret_file, identities.*.token_cache_key_file,
+	// mailboxes[].imap.password_file);
 	// nil means os.ReadFile. The configuration file itself is always read
 	// with os.ReadFile.
 	ReadFile func(string) ([]byte, error)

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,6 +41,48 @@ mailboxes:
       import: INBOX/Import
       processed: INBOX/Done
       error: INBOX/Error
+`
+
+// testCacheKey is a valid token cache key: base64 of 32 bytes (0x00..0x1f).
+const testCacheKey = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+
+// graphYAML is a minimal valid configuration with one Graph mailbox read by
+// an app-only identity.
+const graphYAML = `
+identities:
+  contoso:
+    tenant_id: contoso.onmicrosoft.com
+    client_id: ` + guidClient + `
+    client_secret: graph-secret
+mailboxes:
+  - name: secretariaat
+    address: secretariaat@contoso.nl
+    source: graph
+    identity: contoso
+    folders:
+      import: Postvak IN/Algemeen/Import
+      processed: Postvak IN/Algemeen/Verwerkt
+      error: Postvak IN/Algemeen/Fout
+`
+
+// delegatedYAML is graphYAML with a delegated identity instead.
+const delegatedYAML = `
+identities:
+  contoso:
+    kind: delegated
+    tenant_id: contoso.onmicrosoft.com
+    client_id: ` + guidClient + `
+    username: svc-mailpipe@contoso.nl
+    token_cache_key: ` + testCacheKey + `
+mailboxes:
+  - name: secretariaat
+    address: secretariaat@contoso.nl
+    source: graph
+    identity: contoso
+    folders:
+      import: Postvak IN/Algemeen/Import
+      processed: Postvak IN/Algemeen/Verwerkt
+      error: Postvak IN/Algemeen/Fout
 `
 
 // noEnv is a LookupEnv for an empty environment.
@@ -150,6 +194,7 @@ bus:
     max_bytes: 1GB
   object_bucket: bodies
   state_bucket: state
+  token_bucket: tokens
   large_message_threshold: 1MiB
   max_in_flight: 64
   publish_timeout: 10s
@@ -161,11 +206,22 @@ identities:
     authority_host: login.microsoftonline.us
     ca_file: /etc/ssl/proxy-ca.pem
     secret_expires: "2027-03-31"
+    expiry_warning: 14d
+    kind: app
+    graph_max_concurrency: 8
   fabrikam:
     tenant_id: fabrikam.onmicrosoft.com
     client_id: ` + guidClient + `
     certificate_file: certs/app.pem
     private_key_file: certs/app-key.pem
+  svc:
+    kind: delegated
+    tenant_id: contoso.onmicrosoft.com
+    client_id: ` + guidClient + `
+    username: svc-mailpipe@contoso.nl
+    token_cache_key_file: secrets/token-cache-key
+    expiry_warning: 7d
+    graph_max_concurrency: 1000
 mailboxes:
   - name: algemeen
     address: algemeen@contoso.nl
@@ -210,6 +266,24 @@ mailboxes:
       error: INBOX/Failed
     poll_interval: 1s
     max_message_size: 1024
+  - name: graph
+    address: secretariaat@contoso.nl
+    source: graph
+    identity: svc
+    graph:
+      base_url: https://graph.microsoft.us/beta
+      ca_file: certs/graph-ca.pem
+      discovery: list
+      page_size: 1000
+      max_concurrency: 2
+      request_budget: 5000
+      budget_window: 5m
+      timeout: 2m
+      disable_batch: true
+    folders:
+      import: Postvak IN/Algemeen/Import
+      processed: Postvak IN/Algemeen/Verwerkt
+      error: Postvak IN/Algemeen/Fout
 shutdown_timeout: 45s
 http_listen: ":9090"
 `
@@ -218,8 +292,9 @@ http_listen: ":9090"
 		LookupEnv: noEnv,
 		BaseDir:   base,
 		ReadFile: fakeFiles(map[string]string{
-			filepath.Join(base, "secrets/nats-password"): "nats-pw\n",
-			"/run/secrets/client-secret":                 "client-secret-value\r\n",
+			filepath.Join(base, "secrets/nats-password"):   "nats-pw\n",
+			"/run/secrets/client-secret":                   "client-secret-value\r\n",
+			filepath.Join(base, "secrets/token-cache-key"): testCacheKey + "\n",
 		}),
 	})
 	if err != nil {
@@ -255,26 +330,44 @@ http_listen: ":9090"
 			},
 			ObjectBucket:          "bodies",
 			StateBucket:           "state",
+			TokenBucket:           "tokens",
 			LargeMessageThreshold: MiB,
 			MaxInFlight:           64,
 			PublishTimeout:        10 * time.Second,
 		},
 		Identities: map[string]Identity{
 			"contoso": {
-				TenantID:         guidTenant,
-				ClientID:         guidClient,
-				ClientSecret:     "client-secret-value",
-				ClientSecretFile: "/run/secrets/client-secret",
-				AuthorityHost:    "login.microsoftonline.us",
-				CAFile:           "/etc/ssl/proxy-ca.pem",
-				SecretExpires:    "2027-03-31",
+				TenantID:            guidTenant,
+				ClientID:            guidClient,
+				ClientSecret:        "client-secret-value",
+				ClientSecretFile:    "/run/secrets/client-secret",
+				AuthorityHost:       "login.microsoftonline.us",
+				CAFile:              "/etc/ssl/proxy-ca.pem",
+				SecretExpires:       "2027-03-31",
+				ExpiryWarning:       14 * 24 * time.Hour,
+				Kind:                "app",
+				GraphMaxConcurrency: 8,
 			},
 			"fabrikam": {
-				TenantID:        "fabrikam.onmicrosoft.com",
-				ClientID:        guidClient,
-				CertificateFile: filepath.Join(base, "certs/app.pem"),
-				PrivateKeyFile:  filepath.Join(base, "certs/app-key.pem"),
-				AuthorityHost:   "login.microsoftonline.com",
+				TenantID:            "fabrikam.onmicrosoft.com",
+				ClientID:            guidClient,
+				CertificateFile:     filepath.Join(base, "certs/app.pem"),
+				PrivateKeyFile:      filepath.Join(base, "certs/app-key.pem"),
+				AuthorityHost:       "login.microsoftonline.com",
+				ExpiryWarning:       30 * 24 * time.Hour,
+				Kind:                "app",
+				GraphMaxConcurrency: 16,
+			},
+			"svc": {
+				Kind:                "delegated",
+				TenantID:            "contoso.onmicrosoft.com",
+				ClientID:            guidClient,
+				Username:            "svc-mailpipe@contoso.nl",
+				TokenCacheKey:       testCacheKey,
+				TokenCacheKeyFile:   filepath.Join(base, "secrets/token-cache-key"),
+				AuthorityHost:       "login.microsoftonline.com",
+				ExpiryWarning:       7 * 24 * time.Hour,
+				GraphMaxConcurrency: 1000,
 			},
 		},
 		Mailboxes: []Mailbox{
@@ -309,6 +402,20 @@ http_listen: ":9090"
 				PollInterval:   time.Second,
 				MaxMessageSize: 1024,
 			},
+			{
+				Name: "graph", Address: "secretariaat@contoso.nl", Source: "graph", Identity: "svc",
+				Graph: Graph{
+					BaseURL: "https://graph.microsoft.us/beta", CAFile: filepath.Join(base, "certs/graph-ca.pem"),
+					Discovery: "list", PageSize: 1000, MaxConcurrency: 2,
+					RequestBudget: 5000, BudgetWindow: 5 * time.Minute, Timeout: 2 * time.Minute,
+					DisableBatch: true,
+				},
+				Folders: Folders{
+					Import: "Postvak IN/Algemeen/Import", Processed: "Postvak IN/Algemeen/Verwerkt", Error: "Postvak IN/Algemeen/Fout",
+				},
+				PollInterval:   DefaultPollInterval,
+				MaxMessageSize: DefaultMaxMessageSize,
+			},
 		},
 		ShutdownTimeout: 45 * time.Second,
 		HTTPListen:      ":9090",
@@ -325,6 +432,9 @@ http_listen: ":9090"
 	}
 	if got := cfg.Mailboxes[1].IMAP.Password.Value(); got != "pa$word" {
 		t.Errorf("imap password = %q", got)
+	}
+	if got := cfg.Identities["svc"].TokenCacheKey.Value(); got != testCacheKey {
+		t.Errorf("token cache key = %q", got)
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("Validate on a loaded config: %v", err)
@@ -355,12 +465,16 @@ func TestDefaults(t *testing.T) {
 		}},
 		{"bus.object_bucket", cfg.Bus.ObjectBucket, "mailpipe-bodies"},
 		{"bus.state_bucket", cfg.Bus.StateBucket, "mailpipe-state"},
+		{"bus.token_bucket", cfg.Bus.TokenBucket, "mailpipe-tokens"},
 		{"bus.large_message_threshold", cfg.Bus.LargeMessageThreshold, ByteSize(512 * 1024)},
 		{"bus.max_in_flight", cfg.Bus.MaxInFlight, 256},
 		{"bus.publish_timeout", cfg.Bus.PublishTimeout, 30 * time.Second},
 		{"shutdown_timeout", cfg.ShutdownTimeout, 30 * time.Second},
 		{"http_listen", cfg.HTTPListen, ""},
 		{"identities.contoso.authority_host", cfg.Identities["contoso"].AuthorityHost, "login.microsoftonline.com"},
+		{"identities.contoso.kind", cfg.Identities["contoso"].Kind, "app"},
+		{"identities.contoso.expiry_warning", cfg.Identities["contoso"].ExpiryWarning, 720 * time.Hour},
+		{"identities.contoso.graph_max_concurrency", cfg.Identities["contoso"].GraphMaxConcurrency, 16},
 		{"mailboxes[0].source", cfg.Mailboxes[0].Source, "imap"},
 		{"mailboxes[0].poll_interval", cfg.Mailboxes[0].PollInterval, 60 * time.Second},
 		{"mailboxes[0].max_message_size", cfg.Mailboxes[0].MaxMessageSize, ByteSize(35 * 1024 * 1024)},
@@ -371,6 +485,8 @@ func TestDefaults(t *testing.T) {
 		{"mailboxes[0].imap.timeout", cfg.Mailboxes[0].IMAP.Timeout, 60 * time.Second},
 		{"mailboxes[0].imap.fetch_batch", cfg.Mailboxes[0].IMAP.FetchBatch, 200},
 		{"mailboxes[0].folders.include_subfolders", cfg.Mailboxes[0].Folders.IncludeSubfolders, false},
+		// Graph defaults do not touch an imap mailbox.
+		{"mailboxes[0].graph", cfg.Mailboxes[0].Graph, Graph{}},
 	}
 	for _, c := range checks {
 		if !reflect.DeepEqual(c.got, c.want) {
@@ -936,7 +1052,7 @@ http_listen: "9090"
 		`mailboxes[0].folders.error: must differ from the import folder "INBOX/Import"`,
 		`mailboxes[0].poll_interval: must be at least 1s, got 500ms`,
 		// max_message_size 0 takes the default, so it is no problem.
-		`mailboxes[1].source: graph is not available in this build`,
+		`mailboxes[1].identity: required with source graph: name an entry of identities`,
 		`mailboxes[2].name: duplicate name "dup" (also used by mailboxes[1])`,
 		`mailboxes[2].source: "pop3" is not one of imap, graph`,
 		`mailboxes[3].name: duplicate name "dup" (also used by mailboxes[1])`,
@@ -1141,6 +1257,25 @@ func TestValidationRules(t *testing.T) {
 			},
 		},
 		{
+			name:     "token bucket name",
+			edit:     func(c *Importer) { c.Bus.TokenBucket = "tokens.v1" },
+			problems: []string{`bus.token_bucket: "tokens.v1" is not a valid bucket name`},
+		},
+		{
+			name:     "token bucket same as state bucket",
+			edit:     func(c *Importer) { c.Bus.TokenBucket = "mailpipe-state" },
+			problems: []string{`bus.token_bucket: must differ from bus.state_bucket (both are "mailpipe-state")`},
+		},
+		{
+			name:     "token bucket same as object bucket",
+			edit:     func(c *Importer) { c.Bus.TokenBucket = "mailpipe-bodies" },
+			problems: []string{`bus.token_bucket: must differ from bus.object_bucket (both are "mailpipe-bodies")`},
+		},
+		{
+			name: "custom token bucket",
+			edit: func(c *Importer) { c.Bus.TokenBucket = "tokens" },
+		},
+		{
 			name: "log enums",
 			edit: func(c *Importer) {
 				c.Log.Level = "warning"
@@ -1159,6 +1294,7 @@ func TestValidationRules(t *testing.T) {
 				t.Fatal(err)
 			}
 			tc.edit(cfg)
+			cfg.ApplyDefaults()
 			err = cfg.Validate()
 			if tc.problems == nil {
 				if err != nil {
@@ -1288,7 +1424,9 @@ func TestParseDuration(t *testing.T) {
 }
 
 func TestSecretsAreRedacted(t *testing.T) {
-	y := strings.Replace(minimalYAML, "client_secret: minimal-secret", "client_secret: hunter2-client", 1) + `  - name: pw
+	y := strings.Replace(minimalYAML, "client_secret: minimal-secret", "client_secret: hunter2-client\n"+
+		"  svc:\n    kind: delegated\n    tenant_id: contoso.onmicrosoft.com\n    client_id: "+guidClient+"\n"+
+		"    username: svc@contoso.nl\n    token_cache_key: "+redactedCacheKey, 1) + `  - name: pw
     address: pw@example.org
     imap:
       host: imap.example.org
@@ -1305,6 +1443,9 @@ nats:
 	}
 	if cfg.NATS.Password.Value() != "hunter2-nats" {
 		t.Fatalf("nats password not loaded: %q", cfg.NATS.Password.Value())
+	}
+	if cfg.Identities["svc"].TokenCacheKey.Value() != redactedCacheKey {
+		t.Fatalf("token cache key not loaded")
 	}
 	outputs := map[string]string{
 		"%v":    fmt.Sprintf("%v", cfg),
@@ -1340,11 +1481,16 @@ nats:
 	}
 }
 
+// redactedCacheKey is a valid token cache key (unpadded base64 of 32
+// bytes) that contains "hunter2", for tests that look for leaks.
+const redactedCacheKey = "hunter2hunter2hunter2hunter2hunter2hunter2A"
+
 func exampleOptions() LoadOptions {
 	return LoadOptions{
 		LookupEnv: noEnv,
 		ReadFile: fakeFiles(map[string]string{
-			"/var/run/secrets/mailpipe/client-secret": "example-client-secret\n",
+			"/var/run/secrets/mailpipe/client-secret":   "example-client-secret\n",
+			"/var/run/secrets/mailpipe/token-cache-key": testCacheKey + "\n",
 		}),
 	}
 }
@@ -1356,8 +1502,8 @@ func TestExampleConfigLoads(t *testing.T) {
 	if err != nil {
 		t.Fatalf("example config: %v", err)
 	}
-	if len(cfg.Mailboxes) != 2 {
-		t.Fatalf("mailboxes = %d, want 2", len(cfg.Mailboxes))
+	if len(cfg.Mailboxes) != 4 {
+		t.Fatalf("mailboxes = %d, want 4", len(cfg.Mailboxes))
 	}
 	m0, m1 := cfg.Mailboxes[0], cfg.Mailboxes[1]
 	if m0.IMAP.Host != "outlook.office365.com" || m0.IMAP.Port != 993 || m0.IMAP.Auth != "xoauth2" {
@@ -1385,6 +1531,36 @@ func TestExampleConfigLoads(t *testing.T) {
 	if id.ClientSecretFile != "/var/run/secrets/mailpipe/client-secret" {
 		t.Errorf("client_secret_file = %q", id.ClientSecretFile)
 	}
+
+	// The Graph mailboxes: app-only, and delegated with every graph default.
+	m2, m3 := cfg.Mailboxes[2], cfg.Mailboxes[3]
+	if m2.Source != "graph" || cfg.Identities[m2.Identity].Kind != "app" {
+		t.Errorf("third mailbox: source %q, identity %q", m2.Source, m2.Identity)
+	}
+	if m2.Folders.Import != "Postvak IN/Algemeen/Import" {
+		t.Errorf("third mailbox import folder = %q", m2.Folders.Import)
+	}
+	if m2.IMAP != (IMAP{}) || m3.IMAP != (IMAP{}) {
+		t.Errorf("graph mailboxes got imap settings: %+v %+v", m2.IMAP, m3.IMAP)
+	}
+	wantGraph := Graph{
+		BaseURL: "https://graph.microsoft.com/v1.0", Discovery: "delta", PageSize: 200,
+		MaxConcurrency: 4, RequestBudget: 10000, BudgetWindow: 10 * time.Minute, Timeout: 60 * time.Second,
+	}
+	if m2.Graph != wantGraph || m3.Graph != wantGraph {
+		t.Errorf("graph settings:\n got %+v\n and %+v\nwant %+v", m2.Graph, m3.Graph, wantGraph)
+	}
+	del := cfg.Identities[m3.Identity]
+	if del.Kind != "delegated" || del.Username == "" || del.ClientSecret != "" {
+		t.Errorf("delegated identity = %+v", del)
+	}
+	if del.TokenCacheKey.Value() != testCacheKey || del.TokenCacheKeyFile != "/var/run/secrets/mailpipe/token-cache-key" {
+		t.Errorf("token cache key %q from %q", del.TokenCacheKey.Value(), del.TokenCacheKeyFile)
+	}
+	if cfg.Bus.TokenBucket != "mailpipe-tokens" {
+		t.Errorf("bus.token_bucket = %q", cfg.Bus.TokenBucket)
+	}
+
 	if cfg.Log.Level != "info" || cfg.NATS.URL == "" {
 		t.Errorf("env defaults not applied: level %q, url %q", cfg.Log.Level, cfg.NATS.URL)
 	}
@@ -1435,5 +1611,496 @@ func TestExampleConfigDocumentsEveryKey(t *testing.T) {
 		if !re.Match(data) {
 			t.Errorf("example does not document %q", k)
 		}
+	}
+}
+
+func TestGraphDefaults(t *testing.T) {
+	cfg, err := ParseImporter([]byte(graphYAML), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := cfg.Mailboxes[0]
+	want := Graph{
+		BaseURL:        "https://graph.microsoft.com/v1.0",
+		Discovery:      "delta",
+		PageSize:       200,
+		MaxConcurrency: 4,
+		RequestBudget:  10000,
+		BudgetWindow:   10 * time.Minute,
+		Timeout:        60 * time.Second,
+	}
+	if m.Graph != want {
+		t.Errorf("graph = %+v\nwant %+v", m.Graph, want)
+	}
+	// IMAP defaults (port, security, auth, username, ...) stay away from a
+	// graph mailbox.
+	if m.IMAP != (IMAP{}) {
+		t.Errorf("imap of a graph mailbox = %+v, want it empty", m.IMAP)
+	}
+	if m.PollInterval != DefaultPollInterval || m.MaxMessageSize != DefaultMaxMessageSize {
+		t.Errorf("poll_interval %s, max_message_size %s", m.PollInterval, m.MaxMessageSize)
+	}
+
+	// Explicit values are kept.
+	y := strings.Replace(graphYAML, "    identity: contoso\n", `    identity: contoso
+    graph:
+      base_url: https://127.0.0.1:8443/v1.0
+      discovery: list
+      page_size: 1
+      max_concurrency: 1
+      request_budget: 1
+      budget_window: 1s
+      timeout: 1ms
+      disable_batch: true
+`, 1)
+	cfg, err = ParseImporter([]byte(y), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = Graph{
+		BaseURL: "https://127.0.0.1:8443/v1.0", Discovery: "list", PageSize: 1, MaxConcurrency: 1,
+		RequestBudget: 1, BudgetWindow: time.Second, Timeout: time.Millisecond, DisableBatch: true,
+	}
+	if got := cfg.Mailboxes[0].Graph; got != want {
+		t.Errorf("graph = %+v\nwant %+v", got, want)
+	}
+
+	// ApplyDefaults on a configuration built in code.
+	c := Importer{
+		Identities: map[string]Identity{"c": {TenantID: guidTenant, ClientID: guidClient, ClientSecret: "s"}},
+		Mailboxes: []Mailbox{{
+			Name: "m", Address: "m@example.com", Source: "graph", Identity: "c",
+			Folders: Folders{Import: "Inbox", Processed: "Done", Error: "Failed"},
+		}},
+	}
+	c.ApplyDefaults()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Validate: %v", err)
+	}
+	if c.Mailboxes[0].Graph.BaseURL != DefaultGraphBaseURL || c.Mailboxes[0].IMAP != (IMAP{}) {
+		t.Errorf("defaults in code: %+v", c.Mailboxes[0])
+	}
+}
+
+func TestGraphValidation(t *testing.T) {
+	// YAML cases: graphYAML with the mailbox's "identity: contoso" line
+	// replaced by these lines.
+	yamlCases := []struct {
+		name     string
+		mailbox  string
+		problems []string
+	}{
+		{name: "valid", mailbox: "    identity: contoso\n"},
+		{
+			name:     "no identity",
+			mailbox:  "",
+			problems: []string{"mailboxes[0].identity: required with source graph: name an entry of identities"},
+		},
+		{
+			name:     "unknown identity",
+			mailbox:  "    identity: fabrikam\n",
+			problems: []string{`mailboxes[0].identity: unknown identity "fabrikam" (defined: contoso)`},
+		},
+		{
+			name:     "imap settings on a graph mailbox",
+			mailbox:  "    identity: contoso\n    imap:\n      host: outlook.office365.com\n      port: 993\n",
+			problems: []string{"mailboxes[0].imap: not used with source graph (found host, port)"},
+		},
+		{
+			name:     "imap tls on a graph mailbox",
+			mailbox:  "    identity: contoso\n    imap:\n      tls: {ca_file: /ca.pem}\n",
+			problems: []string{"mailboxes[0].imap: not used with source graph (found tls)"},
+		},
+		{
+			name:     "empty imap block is fine",
+			mailbox:  "    identity: contoso\n    imap: {}\n",
+			problems: nil,
+		},
+		{
+			name: "every graph setting wrong",
+			mailbox: `    identity: contoso
+    graph:
+      base_url: http://graph.microsoft.com/v1.0
+      discovery: poll
+      page_size: 1001
+      max_concurrency: 5
+      request_budget: -1
+      budget_window: 500ms
+      timeout: -1s
+`,
+			problems: []string{
+				`mailboxes[0].graph.base_url: "http://graph.microsoft.com/v1.0" must use https`,
+				`mailboxes[0].graph.discovery: "poll" is not one of delta, list`,
+				"mailboxes[0].graph.page_size: must be between 1 and 1000, got 1001",
+				"mailboxes[0].graph.max_concurrency: must be between 1 and 4, got 5: Exchange allows at most 4 concurrent requests per mailbox",
+				"mailboxes[0].graph.request_budget: must be at least 1, got -1",
+				"mailboxes[0].graph.budget_window: must be at least 1s, got 500ms",
+				"mailboxes[0].graph.timeout: must be positive, got -1s",
+			},
+		},
+		{
+			name:    "lower bounds",
+			mailbox: "    identity: contoso\n    graph: {page_size: -1, max_concurrency: -4}\n",
+			problems: []string{
+				"mailboxes[0].graph.page_size: must be between 1 and 1000, got -1",
+				"mailboxes[0].graph.max_concurrency: must be between 1 and 4, got -4",
+			},
+		},
+		{
+			name:    "folder rules apply to graph mailboxes",
+			mailbox: "    identity: contoso\n    folders:\n      import: Inbox\n      include_subfolders: true\n      processed: Inbox/Done\n      error: Inbox\n",
+			problems: []string{
+				`mailboxes[0].folders.processed: "Inbox/Done" lies inside the import folder "Inbox"`,
+				`mailboxes[0].folders.error: must differ from the import folder "Inbox"`,
+			},
+		},
+		{
+			name:     "poll interval applies to graph mailboxes",
+			mailbox:  "    identity: contoso\n    poll_interval: 10ms\n",
+			problems: []string{"mailboxes[0].poll_interval: must be at least 1s, got 10ms"},
+		},
+		{
+			name:     "unknown graph key",
+			mailbox:  "    identity: contoso\n    graph:\n      pagesize: 10\n",
+			problems: []string{`mailboxes[0].graph.pagesize: unknown key (did you mean "page_size"?)`},
+		},
+	}
+	for _, tc := range yamlCases {
+		t.Run(tc.name, func(t *testing.T) {
+			y := graphYAML
+			if strings.Contains(tc.mailbox, "folders:") {
+				// The case brings its own folders.
+				y = y[:strings.Index(y, "    folders:\n")]
+			}
+			y = strings.Replace(y, "    identity: contoso\n", tc.mailbox, 1)
+			cfg, err := ParseImporter([]byte(y), noEnv)
+			if tc.problems == nil {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				if cfg.Mailboxes[0].IMAP != (IMAP{}) {
+					t.Errorf("imap = %+v", cfg.Mailboxes[0].IMAP)
+				}
+				return
+			}
+			assertProblems(t, err, tc.problems)
+			var ve *ValidationError
+			if errors.As(err, &ve) {
+				for _, p := range ve.Problems {
+					if p.Line == 0 {
+						t.Errorf("problem without a line: %v", p)
+					}
+				}
+			}
+		})
+	}
+
+	// A graph block on an imap mailbox is an error too.
+	y := strings.Replace(minimalYAML, "    imap:\n", "    graph:\n      page_size: 50\n      disable_batch: true\n    imap:\n", 1)
+	_, err := ParseImporter([]byte(y), noEnv)
+	assertProblems(t, err, []string{"mailboxes[0].graph: not used with source imap (found page_size, disable_batch)"})
+
+	// base_url forms.
+	urls := []struct {
+		url     string
+		problem string // "" for valid
+	}{
+		{url: "https://graph.microsoft.com/v1.0"},
+		{url: "https://graph.microsoft.com/beta"},
+		{url: "https://graph.microsoft.us/v1.0"},
+		{url: "https://dod-graph.microsoft.us/v1.0"},
+		{url: "https://microsoftgraph.chinacloudapi.cn/v1.0"},
+		{url: "https://127.0.0.1:8443/v1.0"},
+		{url: "https://[::1]:8443/beta"},
+		{url: "https://localhost/v1.0"},
+		{url: "https://proxy.example.com/graph/v1.0"},
+		{url: "http://127.0.0.1:8080/v1.0", problem: `"http://127.0.0.1:8080/v1.0" must use https`},
+		{url: "graph.microsoft.com/v1.0", problem: `"graph.microsoft.com/v1.0" must use https`},
+		{url: "https:///v1.0", problem: `"https:///v1.0" has no host`},
+		{url: "https://:8443/v1.0", problem: `"https://:8443/v1.0" has no host`},
+		{url: "https://graph.microsoft.com", problem: `"https://graph.microsoft.com" must end in the API version /v1.0 or /beta`},
+		{url: "https://graph.microsoft.com/", problem: `"https://graph.microsoft.com/" must end in the API version /v1.0 or /beta`},
+		{url: "https://graph.microsoft.com/v1.0/", problem: `"https://graph.microsoft.com/v1.0/" must end in the API version /v1.0 or /beta, without a trailing '/'`},
+		{url: "https://graph.microsoft.com/v2.0", problem: `"https://graph.microsoft.com/v2.0" must end in the API version`},
+		{url: "https://graph.microsoft.com/v1.0?x=1", problem: `"https://graph.microsoft.com/v1.0?x=1" must not have a query or fragment`},
+		{url: "https://graph.microsoft.com/v1.0#f", problem: `"https://graph.microsoft.com/v1.0#f" must not have a query or fragment`},
+		{url: "https://graph.microsoft.com:99999/v1.0", problem: `"https://graph.microsoft.com:99999/v1.0" has an invalid port`},
+		{url: "https://user:hunter2@graph.microsoft.com/v1.0", problem: "must not contain a user name or password"},
+		{url: "https://gra ph.microsoft.com/v1.0", problem: "is not a valid URL"},
+	}
+	for _, tc := range urls {
+		cfg, err := ParseImporter([]byte(graphYAML), noEnv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Mailboxes[0].Graph.BaseURL = tc.url
+		err = cfg.Validate()
+		if tc.problem == "" {
+			if err != nil {
+				t.Errorf("base_url %q: %v", tc.url, err)
+			}
+			continue
+		}
+		got := problemsOf(t, err)
+		if want := "mailboxes[0].graph.base_url: " + tc.problem; len(got) != 1 || !strings.HasPrefix(got[0], want) {
+			t.Errorf("base_url %q: problems %q, want one starting with %q", tc.url, got, want)
+		}
+		if strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("base_url %q: error reveals the password: %v", tc.url, err)
+		}
+	}
+}
+
+func TestIdentityKinds(t *testing.T) {
+	const idPath = "identities.contoso"
+	tests := []struct {
+		name     string
+		yaml     string
+		files    map[string]string
+		check    func(t *testing.T, c *Importer)
+		problems []string
+	}{
+		{
+			name: "delegated, valid",
+			yaml: delegatedYAML,
+			check: func(t *testing.T, c *Importer) {
+				id := c.Identities["contoso"]
+				if id.Kind != "delegated" || id.ExpiryWarning != 720*time.Hour || id.GraphMaxConcurrency != 16 {
+					t.Errorf("identity = %+v", id)
+				}
+				key, err := DecodeTokenCacheKey(id.TokenCacheKey)
+				if err != nil || len(key) != 32 || key[31] != 31 {
+					t.Errorf("DecodeTokenCacheKey = %v, %v", key, err)
+				}
+			},
+		},
+		{
+			name:  "delegated, key from a file",
+			yaml:  strings.Replace(delegatedYAML, "token_cache_key: "+testCacheKey, "token_cache_key_file: /s/key", 1),
+			files: map[string]string{"/s/key": testCacheKey + "\n"},
+			check: func(t *testing.T, c *Importer) {
+				if got := c.Identities["contoso"].TokenCacheKey.Value(); got != testCacheKey {
+					t.Errorf("token cache key = %q", got)
+				}
+			},
+		},
+		{
+			name:  "delegated, key and key file",
+			yaml:  strings.Replace(delegatedYAML, "token_cache_key: "+testCacheKey, "token_cache_key: "+testCacheKey+"\n    token_cache_key_file: /s/key", 1),
+			files: map[string]string{"/s/key": testCacheKey},
+			problems: []string{
+				idPath + ".token_cache_key_file: cannot be combined with " + idPath + ".token_cache_key",
+			},
+		},
+		{
+			name:     "delegated, key file missing",
+			yaml:     strings.Replace(delegatedYAML, "token_cache_key: "+testCacheKey, "token_cache_key_file: /s/nokey", 1),
+			problems: []string{idPath + `.token_cache_key_file: cannot read "/s/nokey": file does not exist`},
+		},
+		{
+			name:  "delegated, key file with a short key",
+			yaml:  strings.Replace(delegatedYAML, "token_cache_key: "+testCacheKey, "token_cache_key_file: /s/key", 1),
+			files: map[string]string{"/s/key": "aHVudGVyMi1zaG9ydA==\n"}, // "hunter2-short"
+			problems: []string{
+				idPath + ".token_cache_key_file: token cache key decodes to 13 bytes, want 32",
+			},
+		},
+		{
+			name: "delegated, no key",
+			yaml: strings.Replace(delegatedYAML, "    token_cache_key: "+testCacheKey+"\n", "", 1),
+			problems: []string{
+				idPath + ".token_cache_key: required with kind delegated (or set token_cache_key_file)",
+			},
+		},
+		{
+			name: "delegated, key not base64",
+			yaml: strings.Replace(delegatedYAML, testCacheKey, "hunter2!hunter2!hunter2!hunter2!hunter2!hunter2!", 1),
+			problems: []string{
+				idPath + ".token_cache_key: token cache key is not valid base64",
+			},
+		},
+		{
+			name: "delegated, hex key",
+			yaml: strings.Replace(delegatedYAML, testCacheKey, strings.Repeat("0123456789abcdef", 4), 1),
+			problems: []string{
+				idPath + ".token_cache_key: token cache key decodes to 48 bytes, want 32; it looks like hex",
+			},
+		},
+		{
+			name: "delegated, username missing",
+			yaml: strings.Replace(delegatedYAML, "    username: svc-mailpipe@contoso.nl\n", "", 1),
+			problems: []string{
+				idPath + ".username: required with kind delegated",
+			},
+		},
+		{
+			name: "delegated, username not a UPN",
+			yaml: strings.Replace(delegatedYAML, "username: svc-mailpipe@contoso.nl", `username: 'CONTOSO\svc-mailpipe'`, 1),
+			problems: []string{
+				idPath + `.username: "CONTOSO\\svc-mailpipe" is not a user principal name (name@domain)`,
+			},
+		},
+		{
+			name: "delegated with credentials of a confidential client",
+			yaml: strings.Replace(delegatedYAML, "    username:", `    client_secret: hunter2-delegated
+    certificate_file: /c.pem
+    private_key_file: /k.pem
+    secret_expires: "2027-01-01"
+    username:`, 1),
+			problems: []string{
+				idPath + ".client_secret: not used with kind delegated: delegated sign-in uses a public client",
+				idPath + ".certificate_file: not used with kind delegated: delegated sign-in uses a public client",
+				idPath + ".private_key_file: not used with kind delegated: delegated sign-in uses a public client",
+				idPath + ".secret_expires: not used with kind delegated",
+			},
+		},
+		{
+			name:  "delegated with a client secret file",
+			yaml:  strings.Replace(delegatedYAML, "    username:", "    client_secret_file: /s/secret\n    username:", 1),
+			files: map[string]string{"/s/secret": "hunter2-file"},
+			problems: []string{
+				idPath + ".client_secret_file: not used with kind delegated: delegated sign-in uses a public client",
+			},
+		},
+		{
+			name: "unknown kind",
+			yaml: strings.Replace(delegatedYAML, "kind: delegated", "kind: user", 1),
+			problems: []string{
+				idPath + `.kind: "user" is not one of app, delegated`,
+			},
+		},
+		{
+			name: "app with delegated settings",
+			yaml: strings.Replace(minimalYAML, "    client_secret: minimal-secret\n",
+				"    client_secret: minimal-secret\n    username: svc@contoso.nl\n    token_cache_key: "+redactedCacheKey+"\n", 1),
+			problems: []string{
+				idPath + ".username: only used with kind delegated (kind is app)",
+				idPath + ".token_cache_key: only used with kind delegated (kind is app)",
+			},
+		},
+		{
+			name:  "app with a token cache key file",
+			yaml:  strings.Replace(minimalYAML, "    client_secret: minimal-secret\n", "    client_secret: minimal-secret\n    token_cache_key_file: /s/key\n", 1),
+			files: map[string]string{"/s/key": testCacheKey},
+			problems: []string{
+				idPath + ".token_cache_key_file: only used with kind delegated (kind is app)",
+			},
+		},
+		{
+			name: "app, still exactly one credential",
+			yaml: strings.Replace(minimalYAML, "    client_secret: minimal-secret\n", "    kind: app\n", 1),
+			problems: []string{
+				idPath + ": needs a credential: client_secret, client_secret_file or certificate_file",
+			},
+		},
+		{
+			name: "expiry warning and graph concurrency bounds",
+			yaml: strings.Replace(minimalYAML, "    client_secret: minimal-secret\n",
+				"    client_secret: minimal-secret\n    expiry_warning: -1h\n    graph_max_concurrency: 1001\n", 1),
+			problems: []string{
+				idPath + ".expiry_warning: must be positive, got -1h0m0s",
+				idPath + ".graph_max_concurrency: must be between 1 and 1000, got 1001",
+			},
+		},
+		{
+			name:     "negative graph concurrency",
+			yaml:     strings.Replace(delegatedYAML, "    username:", "    graph_max_concurrency: -1\n    username:", 1),
+			problems: []string{idPath + ".graph_max_concurrency: must be between 1 and 1000, got -1"},
+		},
+		{
+			name: "delegated identity for an imap mailbox is accepted",
+			yaml: strings.Replace(delegatedYAML, "    source: graph\n", "    imap: {host: outlook.office365.com}\n", 1),
+			check: func(t *testing.T, c *Importer) {
+				if c.Mailboxes[0].Source != "imap" {
+					t.Errorf("source = %q", c.Mailboxes[0].Source)
+				}
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := ParseImporterWith([]byte(tc.yaml), LoadOptions{LookupEnv: noEnv, ReadFile: fakeFiles(tc.files)})
+			if tc.problems != nil {
+				assertProblems(t, err, tc.problems)
+				for _, secret := range []string{"hunter2", "aHVudGVy", testCacheKey, "0123456789abcdef"} {
+					if strings.Contains(err.Error(), secret) {
+						t.Errorf("error reveals a secret (%q): %v", secret, err)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, cfg)
+		})
+	}
+}
+
+func TestDecodeTokenCacheKey(t *testing.T) {
+	raw := make([]byte, 32)
+	for i := range raw {
+		raw[i] = byte(0xf0 + i) // bytes that give '+' '/' in std and '-' '_' in URL base64
+	}
+	for name, s := range map[string]string{
+		"std":        base64.StdEncoding.EncodeToString(raw),
+		"std raw":    base64.RawStdEncoding.EncodeToString(raw),
+		"url":        base64.URLEncoding.EncodeToString(raw),
+		"url raw":    base64.RawURLEncoding.EncodeToString(raw),
+		"line break": base64.StdEncoding.EncodeToString(raw)[:20] + "\n" + base64.StdEncoding.EncodeToString(raw)[20:],
+	} {
+		got, err := DecodeTokenCacheKey(Secret(s))
+		if err != nil || !bytes.Equal(got, raw) {
+			t.Errorf("%s (%s): %x, %v", name, s, got, err)
+		}
+	}
+	if !strings.ContainsAny(base64.StdEncoding.EncodeToString(raw), "+/") || !strings.ContainsAny(base64.URLEncoding.EncodeToString(raw), "-_") {
+		t.Fatal("test key does not exercise both alphabets")
+	}
+	for _, tc := range []struct{ key, err string }{
+		{"", "token cache key is empty"},
+		{"hunter2 hunter2", "not valid base64"},
+		{base64.StdEncoding.EncodeToString([]byte("hunter2-sixteen!")), "decodes to 16 bytes, want 32"},
+		{base64.StdEncoding.EncodeToString(make([]byte, 64)), "decodes to 64 bytes, want 32"},
+	} {
+		_, err := DecodeTokenCacheKey(Secret(tc.key))
+		if err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("DecodeTokenCacheKey(%q) = %v, want an error containing %q", tc.key, err, tc.err)
+			continue
+		}
+		if tc.key != "" && strings.Contains(err.Error(), tc.key) || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("error reveals the key: %v", err)
+		}
+	}
+}
+
+func TestTokenCacheKeyFileIsRelativeToConfig(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "secrets"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "secrets", "token-cache-key"), []byte(testCacheKey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	y := strings.Replace(delegatedYAML, "token_cache_key: "+testCacheKey, "token_cache_key_file: secrets/token-cache-key", 1) +
+		"    graph:\n      ca_file: certs/graph-ca.pem\n"
+	path := filepath.Join(dir, "importer.yaml")
+	if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(t.TempDir())
+	cfg, err := LoadImporter(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := cfg.Identities["contoso"]
+	if id.TokenCacheKey.Value() != testCacheKey {
+		t.Errorf("token cache key = %q", id.TokenCacheKey.Value())
+	}
+	if want := filepath.Join(dir, "secrets", "token-cache-key"); id.TokenCacheKeyFile != want {
+		t.Errorf("token_cache_key_file = %q, want %q", id.TokenCacheKeyFile, want)
+	}
+	if want := filepath.Join(dir, "certs", "graph-ca.pem"); cfg.Mailboxes[0].Graph.CAFile != want {
+		t.Errorf("graph.ca_file = %q, want %q", cfg.Mailboxes[0].Graph.CAFile, want)
 	}
 }

@@ -128,8 +128,11 @@ type Mailbox struct {
 	// Name identifies the mailbox in subjects, logs and metrics: [a-z0-9_-].
 	Name    string `yaml:"name"`
 	Address string `yaml:"address"`
-	Source  string `yaml:"source"` // imap or graph
-	// Identity names an entry of identities (needed for xoauth2).
+	// Source is imap or graph; only the matching block (IMAP or Graph) may
+	// be set.
+	Source string `yaml:"source"`
+	// Identity names an entry of identities (needed for xoauth2 and for
+	// source graph).
 	Identity       string        `yaml:"identity"`
 	IMAP           IMAP          `yaml:"imap"`
 	Graph          Graph         `yaml:"graph"`

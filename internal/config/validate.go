@@ -1,9 +1,13 @@
 package config
 
 import (
+	"encoding/base64"
+	"errors"
+	"fmt"
 	"maps"
 	"net"
 	"net/url"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -136,6 +140,15 @@ func (c *Importer) validateBus(ps *problems) {
 	}
 	checkBucket(ps, "bus.object_bucket", b.ObjectBucket)
 	checkBucket(ps, "bus.state_bucket", b.StateBucket)
+	checkBucket(ps, "bus.token_bucket", b.TokenBucket)
+	if t := b.TokenBucket; t != "" {
+		if t == b.StateBucket {
+			ps.add("bus.token_bucket", "must differ from bus.state_bucket (both are %q)", t)
+		}
+		if t == b.ObjectBucket {
+			ps.add("bus.token_bucket", "must differ from bus.object_bucket (both are %q)", t)
+		}
+	}
 	if t := b.LargeMessageThreshold; t < KiB || t > 8*MiB {
 		ps.add("bus.large_message_threshold", "must be between 1KiB and 8MiB, got %s", t)
 	}
@@ -223,6 +236,25 @@ func (id Identity) validate(ps *problems, path, name string) {
 	case !guidRe.MatchString(id.ClientID):
 		ps.add(path+".client_id", "%q is not a GUID (the app registration's Application (client) ID)", id.ClientID)
 	}
+	switch id.Kind {
+	case "app":
+		id.validateApp(ps, path)
+	case "delegated":
+		id.validateDelegated(ps, path)
+	default:
+		oneOf(ps, path+".kind", id.Kind, "app", "delegated")
+	}
+	if id.AuthorityHost != "" {
+		checkHostPort(ps, path+".authority_host", id.AuthorityHost, "login.microsoftonline.com")
+	}
+	positive(ps, path+".expiry_warning", id.ExpiryWarning)
+	if n := id.GraphMaxConcurrency; n < 1 || n > 1000 {
+		ps.add(path+".graph_max_concurrency", "must be between 1 and 1000, got %d", n)
+	}
+}
+
+// validateApp checks an identity of kind app (client credentials).
+func (id Identity) validateApp(ps *problems, path string) {
 	hasSecret := id.ClientSecret != "" || id.ClientSecretFile != ""
 	hasCert := id.CertificateFile != ""
 	switch {
@@ -234,14 +266,99 @@ func (id Identity) validate(ps *problems, path, name string) {
 	if id.PrivateKeyFile != "" && !hasCert {
 		ps.add(path+".private_key_file", "only used together with certificate_file")
 	}
-	if id.AuthorityHost != "" {
-		checkHostPort(ps, path+".authority_host", id.AuthorityHost, "login.microsoftonline.com")
-	}
 	if id.SecretExpires != "" {
 		if _, err := time.Parse(time.DateOnly, id.SecretExpires); err != nil {
 			ps.add(path+".secret_expires", "%q is not a date in the form YYYY-MM-DD", id.SecretExpires)
 		}
 	}
+	const onlyDelegated = "only used with kind delegated (kind is app)"
+	if id.Username != "" {
+		ps.add(path+".username", onlyDelegated)
+	}
+	if key := secretKey(id.TokenCacheKey, id.TokenCacheKeyFile, "token_cache_key"); key != "" {
+		ps.add(path+"."+key, onlyDelegated)
+	}
+}
+
+// validateDelegated checks an identity of kind delegated: a public client
+// whose service account signs in with the device code flow.
+func (id Identity) validateDelegated(ps *problems, path string) {
+	const publicClient = "not used with kind delegated: delegated sign-in uses a public client"
+	if key := secretKey(id.ClientSecret, id.ClientSecretFile, "client_secret"); key != "" {
+		ps.add(path+"."+key, publicClient)
+	}
+	if id.CertificateFile != "" {
+		ps.add(path+".certificate_file", publicClient)
+	}
+	if id.PrivateKeyFile != "" {
+		ps.add(path+".private_key_file", publicClient)
+	}
+	if id.SecretExpires != "" {
+		ps.add(path+".secret_expires", "not used with kind delegated: a public client has no secret that expires")
+	}
+	switch {
+	case id.Username == "":
+		ps.add(path+".username", "required with kind delegated: the service account's user principal name, e.g. svc-mailpipe@contoso.onmicrosoft.com")
+	case !isEmailAddress(id.Username):
+		ps.add(path+".username", "%q is not a user principal name (name@domain)", id.Username)
+	}
+	key := secretKey(id.TokenCacheKey, id.TokenCacheKeyFile, "token_cache_key")
+	switch {
+	case key == "":
+		ps.add(path+".token_cache_key", "required with kind delegated (or set token_cache_key_file): base64 of %d random bytes, e.g. from `openssl rand -base64 %d`", TokenCacheKeySize, TokenCacheKeySize)
+	case id.TokenCacheKey != "":
+		// Empty when token_cache_key_file could not be read (reported
+		// already) or Validate runs on a configuration built in code.
+		if _, err := DecodeTokenCacheKey(id.TokenCacheKey); err != nil {
+			ps.add(path+"."+key, "%v", err)
+		}
+	}
+}
+
+// secretKey names the key a secret was given with: name+"_file" when file
+// is set, name when only the value is, "" when neither is.
+func secretKey(value Secret, file, name string) string {
+	switch {
+	case file != "":
+		return name + "_file"
+	case value != "":
+		return name
+	}
+	return ""
+}
+
+// TokenCacheKeySize is the size in bytes of a decoded token cache key
+// (256 bits).
+const TokenCacheKeySize = 32
+
+// DecodeTokenCacheKey decodes a token cache key: base64 in the standard or
+// URL alphabet, with or without padding, of exactly TokenCacheKeySize bytes.
+// The error never contains the key.
+func DecodeTokenCacheKey(key Secret) ([]byte, error) {
+	s := key.Value()
+	if s == "" {
+		return nil, errors.New("token cache key is empty")
+	}
+	var (
+		b   []byte
+		err error
+	)
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err = enc.DecodeString(s); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("token cache key is not valid base64 (make one with `openssl rand -base64 %d`)", TokenCacheKeySize)
+	}
+	if len(b) != TokenCacheKeySize {
+		hint := ""
+		if len(s) == 2*TokenCacheKeySize && strings.Trim(strings.ToLower(s), "0123456789abcdef") == "" {
+			hint = "; it looks like hex, but base64 is needed"
+		}
+		return nil, fmt.Errorf("token cache key decodes to %d bytes, want %d%s (make one with `openssl rand -base64 %d`)", len(b), TokenCacheKeySize, hint, TokenCacheKeySize)
+	}
+	return b, nil
 }
 
 func (c *Importer) validateMailboxes(ps *problems) {
@@ -272,13 +389,22 @@ func (c *Importer) validateMailboxes(ps *problems) {
 			ps.add(path+".address", "%q is not an e-mail address", m.Address)
 		}
 
-		needIdentity := false
+		needIdentity := ""
 		switch m.Source {
 		case "imap":
-			needIdentity = m.IMAP.Auth == "xoauth2"
+			if m.IMAP.Auth == "xoauth2" {
+				needIdentity = "required with imap.auth xoauth2: name an entry of identities"
+			}
 			m.IMAP.validate(ps, path+".imap")
+			if keys := setKeys(m.Graph); len(keys) > 0 {
+				ps.add(path+".graph", "not used with source imap (found %s)", strings.Join(keys, ", "))
+			}
 		case "graph":
-			ps.add(path+".source", "graph is not available in this build")
+			needIdentity = "required with source graph: name an entry of identities"
+			m.Graph.validate(ps, path+".graph")
+			if keys := setKeys(m.IMAP); len(keys) > 0 {
+				ps.add(path+".imap", "not used with source graph (found %s)", strings.Join(keys, ", "))
+			}
 		default:
 			ps.add(path+".source", "%q is not one of imap, graph", m.Source)
 		}
@@ -291,8 +417,8 @@ func (c *Importer) validateMailboxes(ps *problems) {
 					ps.add(path+".identity", "unknown identity %q (defined: %s)", m.Identity, strings.Join(names, ", "))
 				}
 			}
-		case needIdentity:
-			ps.add(path+".identity", "required with imap.auth xoauth2: name an entry of identities")
+		case needIdentity != "":
+			ps.add(path+".identity", "%s", needIdentity)
 		}
 
 		m.Folders.validate(ps, path+".folders")
@@ -342,6 +468,73 @@ func (im IMAP) validate(ps *problems, path string) {
 	if im.FetchBatch < 1 || im.FetchBatch > 5000 {
 		ps.add(path+".fetch_batch", "must be between 1 and 5000, got %d", im.FetchBatch)
 	}
+}
+
+func (g Graph) validate(ps *problems, path string) {
+	checkGraphBaseURL(ps, path+".base_url", g.BaseURL)
+	oneOf(ps, path+".discovery", g.Discovery, "delta", "list")
+	if g.PageSize < 1 || g.PageSize > 1000 {
+		ps.add(path+".page_size", "must be between 1 and 1000, got %d", g.PageSize)
+	}
+	if g.MaxConcurrency < 1 || g.MaxConcurrency > 4 {
+		ps.add(path+".max_concurrency", "must be between 1 and 4, got %d: Exchange allows at most 4 concurrent requests per mailbox", g.MaxConcurrency)
+	}
+	if g.RequestBudget < 1 {
+		ps.add(path+".request_budget", "must be at least 1, got %d", g.RequestBudget)
+	}
+	if g.BudgetWindow < time.Second {
+		ps.add(path+".budget_window", "must be at least 1s, got %s", g.BudgetWindow)
+	}
+	positive(ps, path+".timeout", g.Timeout)
+}
+
+// checkGraphBaseURL accepts an https URL with a host whose path ends in the
+// API version, e.g. https://graph.microsoft.com/v1.0.
+func checkGraphBaseURL(ps *problems, path, raw string) {
+	const example = "e.g. https://graph.microsoft.com/v1.0"
+	if raw == "" {
+		ps.add(path, "required (%s)", example)
+		return
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		ps.add(path, "is not a valid URL (%s)", example)
+		return
+	}
+	if u.User != nil {
+		// Do not quote it: it holds a user name or password.
+		ps.add(path, "must not contain a user name or password")
+		return
+	}
+	switch {
+	case u.Scheme != "https":
+		ps.add(path, "%q must use https (%s)", raw, example)
+	case u.Host == "" || u.Hostname() == "":
+		ps.add(path, "%q has no host (%s)", raw, example)
+	case u.RawQuery != "" || u.Fragment != "" || strings.HasSuffix(raw, "?") || strings.HasSuffix(raw, "#"):
+		ps.add(path, "%q must not have a query or fragment (%s)", raw, example)
+	case !strings.HasSuffix(u.Path, "/v1.0") && !strings.HasSuffix(u.Path, "/beta"):
+		ps.add(path, "%q must end in the API version /v1.0 or /beta, without a trailing '/' (%s)", raw, example)
+	default:
+		if p := u.Port(); p != "" {
+			if v, err := strconv.Atoi(p); err != nil || v < 1 || v > 65535 {
+				ps.add(path, "%q has an invalid port", raw)
+			}
+		}
+	}
+}
+
+// setKeys lists the yaml keys of the fields of struct v that are set (not
+// zero), for reporting a settings block that does not apply.
+func setKeys(v any) []string {
+	rv := reflect.ValueOf(v)
+	var keys []string
+	for i := range rv.NumField() {
+		if name := yamlName(rv.Type().Field(i)); name != "" && !rv.Field(i).IsZero() {
+			keys = append(keys, name)
+		}
+	}
+	return keys
 }
 
 func (f Folders) validate(ps *problems, path string) {
