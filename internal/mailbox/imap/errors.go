@@ -2,8 +2,6 @@ package imap
 
 import (
 	"errors"
-	"io"
-	"net"
 	"regexp"
 	"strconv"
 	"strings"
@@ -21,6 +19,12 @@ var throttledRE = regexp.MustCompile(`(?i)throttled.*?backoff time:\s*(\d+)\s*mi
 // errConnLost marks a connection closed under us (timeout, BYE, reset).
 var errConnLost = errors.New("connection lost")
 
+// responseCodeExpungeIssued (RFC 5530): another session expunged some of
+// the messages a command named. Dovecot then refuses a whole UID MOVE or
+// UID COPY ("NO [EXPUNGEISSUED] Some of the requested messages no longer
+// exist") until the session has seen the EXPUNGE (any NOOP).
+const responseCodeExpungeIssued goimap.ResponseCode = "EXPUNGEISSUED"
+
 // classification of IMAP response codes (RFC 5530 and friends).
 var codeKinds = map[goimap.ResponseCode]mailbox.Kind{
 	goimap.ResponseCodeAuthenticationFailed: mailbox.Auth,
@@ -34,6 +38,7 @@ var codeKinds = map[goimap.ResponseCode]mailbox.Kind{
 	goimap.ResponseCodeUnavailable:          mailbox.Transient,
 	goimap.ResponseCodeInUse:                mailbox.Transient,
 	goimap.ResponseCodeServerBug:            mailbox.Transient,
+	responseCodeExpungeIssued:               mailbox.Transient,
 	goimap.ResponseCodeLimit:                mailbox.Throttled,
 	goimap.ResponseCodeOverQuota:            mailbox.Permanent,
 	goimap.ResponseCodeTooBig:               mailbox.Permanent,
@@ -42,6 +47,11 @@ var codeKinds = map[goimap.ResponseCode]mailbox.Kind{
 	goimap.ResponseCodeCorruption:           mailbox.Permanent,
 	goimap.ResponseCodeClientBug:            mailbox.Permanent,
 	goimap.ResponseCodeAlreadyExists:        mailbox.Permanent,
+	goimap.ResponseCodeHasChildren:          mailbox.Permanent,
+	goimap.ResponseCodeBadCharset:           mailbox.Permanent,
+	goimap.ResponseCodeUnknownCTE:           mailbox.Permanent,
+	goimap.ResponseCodeTooMany:              mailbox.Permanent,
+	goimap.ResponseCodeNoPrivate:            mailbox.Permanent,
 }
 
 // classify turns an error from the IMAP client into a *mailbox.Error.
@@ -69,11 +79,11 @@ func kindOf(err error) mailbox.Kind {
 		if k, ok := codeKinds[ie.Code]; ok {
 			return k
 		}
-		if ie.Type == goimap.StatusResponseTypeBad {
-			return mailbox.Permanent
-		}
-		// A NO without a code: Exchange says "NO AUTHENTICATE failed." and
-		// "NO User is authenticated but not connected." for auth problems.
+		// No code (or one without a kind): Exchange says "NO AUTHENTICATE
+		// failed." for a rejected token and "BAD User is authenticated but
+		// not connected." (to SELECT, after a successful login) when the
+		// app lacks access to the mailbox. Both need an operator, so the
+		// text is looked at before a bare BAD counts as permanent.
 		t := strings.ToLower(ie.Text)
 		switch {
 		case strings.Contains(t, "authenticat"), strings.Contains(t, "not connected"), strings.Contains(t, "login failed"):
@@ -81,13 +91,20 @@ func kindOf(err error) mailbox.Kind {
 		case strings.Contains(t, "doesn't exist"), strings.Contains(t, "does not exist"), strings.Contains(t, "not found"), strings.Contains(t, "unknown mailbox"):
 			return mailbox.NotFound
 		}
+		if ie.Type == goimap.StatusResponseTypeBad {
+			return mailbox.Permanent
+		}
 		return mailbox.Transient
 	}
-	var ne net.Error
-	if errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, errConnLost) {
-		return mailbox.Transient
-	}
+	// Everything else is the connection: reset, EOF, closed under us by
+	// the timeout guard (errConnLost), dial and TLS failures.
 	return mailbox.Transient
+}
+
+// isExpungeIssued reports a NO [EXPUNGEISSUED].
+func isExpungeIssued(err error) bool {
+	var ie *goimap.Error
+	return errors.As(err, &ie) && ie.Code == responseCodeExpungeIssued
 }
 
 // retryAfter extracts Exchange's suggested backoff; 1s when absent.

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	goimap "github.com/emersion/go-imap/v2"
+	"go.uber.org/zap"
 
 	"github.com/mailpipe/mailpipe/internal/mailbox"
 )
@@ -45,26 +46,29 @@ func (s *Source) listFolders(sess *session) error {
 }
 
 // serverName maps a configured "/"-separated path to the server's name.
+// A path that starts with a localized inbox name ("Postvak IN/Algemeen")
+// means INBOX ("INBOX/Algemeen"), unless a folder by that literal name
+// exists: an existing path wins, then a literal top folder. Paths that do
+// not exist yet (to be created) follow the same rule.
 func (s *Source) serverName(sess *session, path string) string {
 	parts := strings.Split(strings.Trim(path, "/"), "/")
 	for i := range parts {
 		parts[i] = strings.TrimSpace(parts[i])
 	}
 	name := strings.Join(parts, sess.delim)
-	if _, ok := sess.folders[name]; ok {
+	if _, ok := sess.folders[name]; ok || !inboxNames[strings.ToLower(parts[0])] || parts[0] == "INBOX" {
 		return name
 	}
-	if inboxNames[strings.ToLower(parts[0])] {
-		parts[0] = "INBOX"
-		alt := strings.Join(parts, sess.delim)
-		if _, ok := sess.folders[alt]; ok {
-			return alt
-		}
-		if len(parts) == 1 || strings.EqualFold(path, "inbox") {
-			return alt
-		}
+	top := parts[0]
+	parts[0] = "INBOX"
+	alt := strings.Join(parts, sess.delim)
+	if _, ok := sess.folders[alt]; ok {
+		return alt
 	}
-	return name
+	if _, literal := sess.folders[top]; literal && !strings.EqualFold(top, "INBOX") {
+		return name
+	}
+	return alt
 }
 
 // userPath maps a server name back to a "/"-separated path.
@@ -76,10 +80,20 @@ func userPath(sess *session, name string) string {
 }
 
 // resolve finds a configured folder on the server; a missing folder is a
-// NotFound error that suggests what exists.
+// NotFound error that suggests what exists. The folder list read at login
+// is refreshed once before a folder counts as missing, so a folder created
+// meanwhile (`importer check --create-folders`, a user) is found without a
+// reconnect.
 func (s *Source) resolve(sess *session, key, path string) (string, error) {
 	name := s.serverName(sess, path)
 	attrs, ok := sess.folders[name]
+	if !ok {
+		if err := s.listFolders(sess); err != nil {
+			return "", s.fail("list folders", path, err)
+		}
+		name = s.serverName(sess, path)
+		attrs, ok = sess.folders[name]
+	}
 	if !ok {
 		return "", &mailbox.Error{Kind: mailbox.NotFound, Op: "resolve " + key, Mailbox: s.cfg.Name, Folder: path,
 			Err: fmt.Errorf("no such folder on %s%s", s.cfg.IMAP.Host, s.suggest(sess, path))}
@@ -93,15 +107,19 @@ func (s *Source) resolve(sess *session, key, path string) (string, error) {
 	return name, nil
 }
 
-// suggest lists folders whose last component resembles path's.
+// suggest lists folders whose last component resembles path's: equal but
+// for case, one containing the other, or a few typos apart.
 func (s *Source) suggest(sess *session, path string) string {
-	parts := strings.Split(path, "/")
+	parts := strings.Split(strings.Trim(path, "/"), "/")
 	last := strings.ToLower(strings.TrimSpace(parts[len(parts)-1]))
 	var near []string
-	for name := range sess.folders {
+	for name, attrs := range sess.folders {
+		if hasAttr(attrs, goimap.MailboxAttrNoSelect) || hasAttr(attrs, goimap.MailboxAttrNonExistent) {
+			continue
+		}
 		p := userPath(sess, name)
 		seg := strings.Split(p, "/")
-		if strings.Contains(strings.ToLower(seg[len(seg)-1]), last) {
+		if similar(strings.ToLower(seg[len(seg)-1]), last) {
 			near = append(near, p)
 		}
 	}
@@ -113,6 +131,54 @@ func (s *Source) suggest(sess *session, path string) string {
 		return " (path separator in the config is \"/\"; run `importer check --create-folders` to create processed/error folders)"
 	}
 	return " (similar folders: " + strings.Join(near, ", ") + ")"
+}
+
+func hasAttr(attrs []goimap.MailboxAttr, a goimap.MailboxAttr) bool {
+	for _, x := range attrs {
+		if strings.EqualFold(string(x), string(a)) {
+			return true
+		}
+	}
+	return false
+}
+
+// similar reports whether two lower-cased folder names look alike: one
+// contains the other, or they are a typo or two apart.
+func similar(a, b string) bool {
+	if a == "" || b == "" {
+		return false
+	}
+	if strings.Contains(a, b) || strings.Contains(b, a) {
+		return true
+	}
+	ra, rb := []rune(a), []rune(b)
+	return editDistance(ra, rb) <= max(1, min(len(ra), len(rb))/3)
+}
+
+// editDistance is the optimal string alignment distance of a and b:
+// insertions, deletions, substitutions and swaps of neighbours count one.
+func editDistance(a, b []rune) int {
+	d := make([][]int, len(a)+1)
+	for i := range d {
+		d[i] = make([]int, len(b)+1)
+		d[i][0] = i
+	}
+	for j := range d[0] {
+		d[0][j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
+		}
+	}
+	return d[len(a)][len(b)]
 }
 
 // importFolders returns the server names of the import folder and, when
@@ -233,7 +299,7 @@ func (s *Source) createPath(sess *session, path string) error {
 			}
 		}
 		sess.folders[name] = nil
-		s.log.Info("created folder")
+		s.log.Info("created folder", zap.String("folder", sub))
 	}
 	return s.listFolders(sess)
 }

@@ -30,22 +30,31 @@ func (x *xoauth2) Next(challenge []byte) ([]byte, error) {
 
 // describeXOAuth2Failure renders an XOAUTH2 error challenge such as
 // {"status":"401","schemes":"bearer","scope":"https://outlook.office365.com/.default"}.
+// go-imap hands over the challenge decoded; a challenge still in base64 is
+// decoded too. Anything else is quoted as text.
 func describeXOAuth2Failure(challenge []byte) string {
-	raw := challenge
-	if dec, err := base64.StdEncoding.DecodeString(string(challenge)); err == nil {
-		raw = dec
-	}
-	var v struct {
+	type failure struct {
 		Status  string `json:"status"`
 		Scope   string `json:"scope"`
 		Schemes string `json:"schemes"`
 	}
-	if err := json.Unmarshal(raw, &v); err != nil || v.Status == "" {
-		s := strings.TrimSpace(string(raw))
+	parse := func(raw []byte) (failure, bool) {
+		var v failure
+		err := json.Unmarshal(raw, &v)
+		return v, err == nil && v.Status != ""
+	}
+	v, ok := parse(challenge)
+	if !ok {
+		if dec, err := base64.StdEncoding.DecodeString(string(challenge)); err == nil {
+			v, ok = parse(dec)
+		}
+	}
+	if !ok {
+		s := strings.TrimSpace(string(challenge))
 		if len(s) > 200 {
 			s = s[:200]
 		}
-		return s
+		return strings.ToValidUTF8(s, "")
 	}
 	if v.Scope != "" {
 		return fmt.Sprintf("server status %s, expects scope %s", v.Status, v.Scope)

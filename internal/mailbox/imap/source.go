@@ -16,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -57,15 +58,29 @@ var _ mailbox.Source = (*Source)(nil)
 
 // session is one authenticated connection.
 type session struct {
-	c        *imapclient.Client
+	c *imapclient.Client
+	// raw is the TCP connection under c. Closing it (kill) makes every
+	// pending go-imap call fail without waiting for go-imap's reader,
+	// which c.Close does and which blocks for as long as a fetched
+	// literal is left unread.
+	raw      net.Conn
+	dead     atomic.Bool
 	delim    string
 	caps     goimap.CapSet
 	folders  map[string][]goimap.MailboxAttr // server names from LIST
 	selected string
 	validity uint32
+	exists   uint32 // messages in the selected folder at SELECT
 	tokenExp time.Time
 	timedOut atomic.Bool
 	sniff    *byeSniffer
+}
+
+// kill closes the connection under the session without blocking; the
+// session is unusable afterwards.
+func (sess *session) kill() {
+	sess.dead.Store(true)
+	sess.raw.Close()
 }
 
 // New validates the options and returns a Source. It does not connect:
@@ -116,8 +131,23 @@ func (s *Source) timeout() time.Duration {
 }
 
 func (s *Source) fail(op, folder string, err error) error {
-	if s.conn != nil && s.conn.timedOut.Load() {
+	if s.conn != nil {
+		return s.failSess(s.conn, op, folder, err)
+	}
+	return classify(op, s.cfg.Name, folder, err)
+}
+
+// failSess classifies err from an operation on sess: a connection the
+// guard closed is reported as a timeout, and a BYE seen is quoted.
+func (s *Source) failSess(sess *session, op, folder string, err error) error {
+	var me *mailbox.Error
+	if errors.As(err, &me) {
+		return err
+	}
+	if sess.timedOut.Load() {
 		err = fmt.Errorf("no response from server within %s: %w", s.timeout(), errConnLost)
+	} else if bye := sess.sniff.bye.Load(); bye != nil {
+		err = fmt.Errorf("%w (server said BYE %s)", err, *bye)
 	}
 	return classify(op, s.cfg.Name, folder, err)
 }
@@ -137,9 +167,9 @@ func (s *Source) guard(ctx context.Context, sess *session) *guard {
 	g := &guard{d: d}
 	g.t = time.AfterFunc(d, func() {
 		sess.timedOut.Store(true)
-		sess.c.Close()
+		sess.kill()
 	})
-	g.stop = context.AfterFunc(ctx, func() { sess.c.Close() })
+	g.stop = context.AfterFunc(ctx, sess.kill)
 	return g
 }
 
@@ -158,6 +188,10 @@ func (s *Source) ensure(ctx context.Context) (*session, error) {
 		case <-s.conn.c.Closed():
 			s.drop()
 		default:
+			if s.conn.dead.Load() {
+				s.drop()
+				break
+			}
 			if !s.conn.tokenExp.IsZero() && time.Until(s.conn.tokenExp) < tokenMargin {
 				s.log.Debug("token about to expire, reconnecting")
 				s.drop()
@@ -180,14 +214,18 @@ func (s *Source) drop() {
 	if s.conn == nil {
 		return
 	}
-	if bye := s.conn.sniff.bye.Load(); bye != nil {
+	sess := s.conn
+	s.conn = nil
+	if bye := sess.sniff.bye.Load(); bye != nil {
 		s.log.Info("server ended the session", zap.String("reason", *bye))
 		if strings.Contains(*bye, "AccessTokenExpired") && s.tokens != nil {
 			s.tokens.Invalidate()
 		}
 	}
-	s.conn.c.Close()
-	s.conn = nil
+	sess.kill()
+	// c.Close waits for go-imap's reader, which ends promptly now that the
+	// connection is closed unless a caller still holds an unread literal.
+	go sess.c.Close()
 }
 
 func (s *Source) connect(ctx context.Context) (*session, error) {
@@ -200,7 +238,7 @@ func (s *Source) connect(ctx context.Context) (*session, error) {
 	}
 	sniff := &byeSniffer{}
 	opts := &imapclient.Options{TLSConfig: s.tlsCfg, DebugWriter: sniff}
-	sess := &session{sniff: sniff}
+	sess := &session{sniff: sniff, raw: raw}
 
 	// Bound the whole connect + login sequence.
 	deadline := time.AfterFunc(s.timeout(), func() { sess.timedOut.Store(true); raw.Close() })
@@ -235,6 +273,9 @@ func (s *Source) connect(ctx context.Context) (*session, error) {
 		return fail("greeting "+addr, err)
 	}
 	if err := s.login(ctx, sess); err != nil {
+		if sess.timedOut.Load() {
+			return fail("login", err)
+		}
 		raw.Close()
 		return nil, err
 	}
@@ -290,11 +331,16 @@ func (s *Source) login(ctx context.Context, sess *session) error {
 }
 
 // authKind: a login refused by the server is an Auth problem unless the
-// connection broke.
+// connection broke or the server said it is busy (throttled, or a code
+// such as UNAVAILABLE or INUSE that classifies as transient).
 func authKind(err error) mailbox.Kind {
 	var ie *goimap.Error
 	if errors.As(err, &ie) {
-		if k := kindOf(err); k == mailbox.Throttled || k == mailbox.Transient && ie.Code == goimap.ResponseCodeUnavailable {
+		k := kindOf(err)
+		if k == mailbox.Throttled {
+			return k
+		}
+		if ck, ok := codeKinds[ie.Code]; ok && ck == mailbox.Transient {
 			return k
 		}
 		return mailbox.Auth
@@ -302,39 +348,97 @@ func authKind(err error) mailbox.Kind {
 	return mailbox.Transient
 }
 
-// Close logs out (bounded by the timeout) and closes the connection.
+// Close logs out (bounded by the timeout, at most 5s) and closes the
+// connection. The Source may be used again afterwards: the next operation
+// connects.
 func (s *Source) Close() error {
 	if s.conn == nil {
 		return nil
 	}
 	sess := s.conn
+	select {
+	case <-sess.c.Closed():
+		s.drop()
+		return nil
+	default:
+		if sess.dead.Load() {
+			s.drop()
+			return nil
+		}
+	}
 	s.conn = nil
-	t := time.AfterFunc(5*time.Second, func() { sess.c.Close() })
+	t := time.AfterFunc(min(s.timeout(), 5*time.Second), sess.kill)
 	defer t.Stop()
 	_ = sess.c.Logout().Wait()
-	return sess.c.Close()
+	sess.kill()
+	go sess.c.Close()
+	return nil
 }
 
-// byeSniffer sees the decrypted server traffic (go-imap's debug tap) and
+// byeSniffer sees the decrypted traffic (go-imap's debug tap, both
+// directions: the client never sends a line starting with "* ") and
 // remembers an untagged BYE, whose text go-imap drops: Exchange says
-// "* BYE Session invalidated - AccessTokenExpired".
+// "* BYE Session invalidated - AccessTokenExpired". Only a BYE at the start
+// of a line counts, and a line split across writes is reassembled.
 type byeSniffer struct {
 	bye atomic.Pointer[string]
+
+	mu sync.Mutex
+	// line holds the start of the current line while it may still turn
+	// out to be a BYE (at most maxByeLine bytes).
+	line    []byte
+	partial bool // line is a prefix of a BYE line still being written
+	midLine bool // the last write did not end with '\n'
 }
 
 var byeMarker = []byte("* BYE ")
 
+const maxByeLine = 200
+
 func (b *byeSniffer) Write(p []byte) (int, error) {
-	if i := bytes.Index(p, byeMarker); i >= 0 {
-		line := p[i+len(byeMarker):]
-		if j := bytes.IndexByte(line, '\r'); j >= 0 {
-			line = line[:j]
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	data := p
+	if b.partial {
+		data = append(b.line, p...)
+		b.line, b.partial = nil, false
+	} else if b.midLine {
+		// Skip the rest of a line that began in an earlier write.
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			return len(p), nil
 		}
-		if len(line) > 200 {
-			line = line[:200]
+		data = data[i+1:]
+	}
+	b.midLine = len(p) > 0 && p[len(p)-1] != '\n'
+	for len(data) > 0 {
+		end := bytes.IndexByte(data, '\n')
+		line := data
+		if end >= 0 {
+			line = data[:end]
 		}
-		s := string(line)
-		b.bye.Store(&s)
+		if end < 0 && len(line) < len(byeMarker)+maxByeLine && (bytes.HasPrefix(line, byeMarker) || bytes.HasPrefix(byeMarker, line)) {
+			// Maybe a BYE, not complete yet: wait for more, and keep
+			// what there is in case the connection ends here.
+			b.line, b.partial = append([]byte(nil), line...), true
+			if rest, ok := bytes.CutPrefix(line, byeMarker); ok {
+				reason := string(bytes.TrimRight(rest, "\r"))
+				b.bye.Store(&reason)
+			}
+			return len(p), nil
+		}
+		if rest, ok := bytes.CutPrefix(line, byeMarker); ok {
+			rest = bytes.TrimRight(rest, "\r")
+			if len(rest) > maxByeLine {
+				rest = rest[:maxByeLine]
+			}
+			reason := string(rest)
+			b.bye.Store(&reason)
+		}
+		if end < 0 {
+			break
+		}
+		data = data[end+1:]
 	}
 	return len(p), nil
 }
