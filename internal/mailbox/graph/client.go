@@ -3,6 +3,8 @@ package graph
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -89,6 +91,7 @@ type clientOptions struct {
 type client struct {
 	adapter    *msgraphcore.GraphRequestAdapterBase
 	http       *http.Client
+	base       http.RoundTripper // the transport under the pipeline
 	tokens     auth.TokenSource
 	lim        *throttle.Limiter
 	timeout    time.Duration
@@ -132,29 +135,13 @@ func newClient(o clientOptions) (*client, error) {
 		return nil, fmt.Errorf("graph request adapter: %w", err)
 	}
 	adapter.SetBaseUrl(o.base.String())
-	return &client{adapter: adapter, http: hc, tokens: o.tokens, lim: o.lim, timeout: o.timeout, log: o.log, onResponse: o.onResponse}, nil
+	return &client{adapter: adapter, http: hc, base: base, tokens: o.tokens, lim: o.lim, timeout: o.timeout, log: o.log, onResponse: o.onResponse}, nil
 }
 
 func (c *client) closeIdle() {
-	if tr, ok := unwrapTransport(c.http); ok {
+	if tr, ok := c.base.(interface{ CloseIdleConnections() }); ok {
 		tr.CloseIdleConnections()
 	}
-}
-
-func unwrapTransport(hc *http.Client) (interface{ CloseIdleConnections() }, bool) {
-	// The pipeline's parent is the limitTransport; its base the real one.
-	var rt http.RoundTripper = hc.Transport
-	for rt != nil {
-		switch t := rt.(type) {
-		case interface{ CloseIdleConnections() }:
-			return t, true
-		case *limitTransport:
-			rt = t.base
-		default:
-			return nil, false
-		}
-	}
-	return nil, false
 }
 
 // reqInfo travels with a request's context to the transport.
@@ -326,7 +313,7 @@ func (cl *client) do(ctx context.Context, c call) (*response, error) {
 				return nil, ctx.Err()
 			}
 			var ae *apiError
-			if !errors.As(err, &ae) && c.retry5xx && !isTokenError(err) && server+1 < maxServerTries {
+			if !errors.As(err, &ae) && c.retry5xx && !isTokenError(err) && !isTLSError(err) && server+1 < maxServerTries {
 				server++
 				cl.log.Debug("graph request failed, retrying", zap.String("op", c.op), zap.Error(err))
 				cl.lim.Pause(throttle.Backoff(server, jitter()))
@@ -362,6 +349,16 @@ func (cl *client) do(ctx context.Context, c call) (*response, error) {
 func isServerBusy(status int) bool {
 	return status == http.StatusServiceUnavailable || status == http.StatusGatewayTimeout ||
 		status == http.StatusBadGateway || status == http.StatusInternalServerError
+}
+
+// isTLSError reports a certificate the client does not trust: retrying
+// cannot help (graph.ca_file, or a TLS-inspecting proxy).
+func isTLSError(err error) bool {
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var hn x509.HostnameError
+	var ci x509.CertificateInvalidError
+	return errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &hn) || errors.As(err, &ci)
 }
 
 func isTokenError(err error) bool {

@@ -148,7 +148,10 @@ func (s *Source) classify(op, folder string, err error) error {
 		r := ruleFor(ae.Status, ae.Code)
 		e.Kind = r.kind
 		if r.kind == mailbox.Throttled {
-			e.RetryAfter = max(ae.RetryAfter, time.Second)
+			e.RetryAfter = ae.RetryAfter
+			if e.RetryAfter <= 0 {
+				e.RetryAfter = time.Second
+			}
 		}
 		if h := s.hint(r.hint); h != "" {
 			e.Err = fmt.Errorf("%w; %s", err, h)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -17,7 +18,6 @@ import (
 
 	"github.com/mailpipe/mailpipe/internal/auth"
 	"github.com/mailpipe/mailpipe/internal/config"
-	"github.com/mailpipe/mailpipe/internal/throttle"
 )
 
 // hang bounds waits that only fail when something deadlocks.
@@ -120,7 +120,11 @@ func newStub(t *testing.T) *stub {
 	s.addFolder("ROOT", "Top of Information Store", "", "msgfolderroot")
 	s.addFolder("INBOX", "Inbox", "ROOT", "inbox")
 	s.addFolder("SENT", "Sent Items", "ROOT", "sentitems")
-	s.srv = httptest.NewTLSServer(http.HandlerFunc(s.serve))
+	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
+	// Connections closed by the client before their handshake are normal
+	// here (idle connections closed with the Source).
+	s.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	s.srv.StartTLS()
 	t.Cleanup(s.srv.Close)
 	return s
 }
@@ -580,6 +584,3 @@ func ctxT(t *testing.T) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
-
-// privateApp is a throttle App for one test (no sharing between tests).
-func privateApp() *throttle.App { return throttle.NewApp(throttle.AppOptions{Name: "test"}) }
