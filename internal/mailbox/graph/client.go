@@ -45,12 +45,6 @@ const (
 	maxErrorBody  = 64 << 10
 )
 
-// claimsTokenSource is a TokenSource that can get a token satisfying a
-// claims challenge (continuous access evaluation).
-type claimsTokenSource interface {
-	TokenWithClaims(ctx context.Context, claims string) (auth.Token, error)
-}
-
 // credential adapts an auth.TokenSource to azcore.TokenCredential for the
 // SDK's authentication provider. The TokenSource is bound to one resource,
 // so the requested scopes are not used.
@@ -59,7 +53,7 @@ type credential struct{ ts auth.TokenSource }
 func (c credential) GetToken(ctx context.Context, opts policy.TokenRequestOptions) (azcore.AccessToken, error) {
 	var tok auth.Token
 	var err error
-	switch cs, ok := c.ts.(claimsTokenSource); {
+	switch cs, ok := c.ts.(auth.ClaimsTokenSource); {
 	case opts.Claims != "" && ok:
 		tok, err = cs.TokenWithClaims(ctx, opts.Claims)
 	case opts.Claims != "":
@@ -403,6 +397,8 @@ func (cl *client) send(ctx context.Context, c call) (sendResult, error) {
 			return sendResult{}, err
 		}
 		ri.SetStreamContentAndContentType(b, "application/json")
+		// Sets the request's ContentLength (the body is not sent chunked).
+		ri.Headers.Add("Content-Length", strconv.Itoa(len(b)))
 	}
 	var native *http.Response
 	h := abs.NewRequestHandlerOption()

@@ -463,8 +463,20 @@ func TestCAFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer src.Close()
-	if refs := list(t, src); len(refs) != 1 {
+	refs := list(t, src)
+	if len(refs) != 1 {
 		t.Fatalf("listed %d", len(refs))
+	}
+	// Over the source's own transport (HTTP/2), POSTs too.
+	b.g.CreateFolderPath(b.addr, b.folders.Processed)
+	if _, err := src.Check(ctxOf(t), true); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Move(ctxOf(t), refs, mailbox.ToProcessed); err != nil {
+		t.Fatal(err)
+	}
+	if b.g.Count(b.addr, b.folders.Processed) != 1 {
+		t.Fatal("not moved")
 	}
 	cfg.Graph.CAFile = ""
 	bare, err := graph.New(graph.Options{Mailbox: cfg, Tokens: b.tokens, App: b.app})

@@ -135,7 +135,7 @@ func (m *mover) moveURL(id string) string {
 func (m *mover) batch(ctx context.Context, idx []int) error {
 	s := m.s
 	pending := idx
-	var lookups []int
+	var lookups []settle
 	for round := 1; len(pending) > 0; round++ {
 		reqs := make([]batchRequest, len(pending))
 		for k, i := range pending {
@@ -183,8 +183,8 @@ func (m *mover) batch(ctx context.Context, idx []int) error {
 				retry = append(retry, i)
 			default:
 				ae := it.apiError()
-				if isItemNotFound(ae) {
-					lookups = append(lookups, i)
+				if m.settleable(ae) {
+					lookups = append(lookups, settle{i, ae})
 					continue
 				}
 				if firstErr == nil {
@@ -208,12 +208,40 @@ func (m *mover) batch(ctx context.Context, idx []int) error {
 		}
 		pending = retry
 	}
-	for _, i := range lookups {
-		if err := m.after404(ctx, i); err != nil {
+	for _, l := range lookups {
+		if err := m.settle(ctx, l.i, l.cause); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// settle is a move that failed in a way that may mean it happened already.
+type settle struct {
+	i     int
+	cause error
+}
+
+// settleable reports failures of a move that are worth a look-up: a 404
+// (the message is not where the request expected it, e.g. moved by an
+// earlier attempt whose answer was lost) or another refusal of the move
+// itself (a move repeated after a lost answer may be refused as one to
+// the folder the message is in). Authentication, permission, throttling
+// and a missing destination are not.
+func (m *mover) settleable(err error) bool {
+	var ae *apiError
+	if !errors.As(err, &ae) {
+		return false
+	}
+	r := ruleFor(ae.Status, ae.Code)
+	if r.hint == hintDestination || r.hint == hintMailbox {
+		return false
+	}
+	switch r.kind {
+	case mailbox.NotFound, mailbox.Permanent:
+		return true
+	}
+	return false
 }
 
 // each moves the refs one request each (graph.disable_batch), up to the
@@ -267,8 +295,8 @@ func (m *mover) one(ctx context.Context, i int) error {
 	case err == nil:
 		m.done(i)
 		return nil
-	case isItemNotFound(err):
-		return m.after404(ctx, i)
+	case m.settleable(err):
+		return m.settle(ctx, i, err)
 	default:
 		return m.fail(err, m.refs[i].Folder)
 	}
@@ -286,9 +314,11 @@ func (m *mover) fail(err error, folder string) error {
 	return m.s.classify(m.op(), folder, err)
 }
 
-// after404 settles a 404 answer to the move of refs[i] by looking the
-// message up by its immutable id.
-func (m *mover) after404(ctx context.Context, i int) error {
+// settle looks up refs[i] by its immutable id after its move failed with
+// cause: in the destination it counts as moved (an earlier attempt did it),
+// elsewhere or gone as moved or deleted by someone else (not an error);
+// still in its folder, cause is the error (a 404 then is a NotFound).
+func (m *mover) settle(ctx context.Context, i int, cause error) error {
 	s := m.s
 	r := m.refs[i]
 	resp, err := s.c.do(ctx, call{
@@ -300,21 +330,16 @@ func (m *mover) after404(ctx context.Context, i int) error {
 	if err != nil {
 		if isItemNotFound(err) {
 			s.log.Info("message to move is gone (deleted, or moved to another mailbox); nothing to do", zap.String("id", r.ID))
-			m.mu.Lock()
-			if m.moved == nil {
-				m.moved = map[folder][]string{}
-			}
-			m.moved[m.from[i]] = append(m.moved[m.from[i]], r.ID)
-			m.mu.Unlock()
+			m.skip(i)
 			return nil
 		}
-		return s.classify("lookup after move", r.Folder, err)
+		return m.fail(cause, r.Folder)
 	}
 	var msg struct {
 		ParentFolderID string `json:"parentFolderId"`
 	}
 	if err := decode(resp, &msg); err != nil {
-		return s.classify("lookup after move", r.Folder, err)
+		return m.fail(cause, r.Folder)
 	}
 	switch msg.ParentFolderID {
 	case m.df.id:
@@ -322,16 +347,25 @@ func (m *mover) after404(ctx context.Context, i int) error {
 		m.done(i)
 		return nil
 	case m.from[i].id:
-		return s.errorf(mailbox.NotFound, m.op(), r.Folder, "moving message %s answered 404 but it is still in its folder", r.ID)
+		if isItemNotFound(cause) {
+			return s.errorf(mailbox.NotFound, m.op(), r.Folder, "moving message %s answered 404 but it is still in its folder", r.ID)
+		}
+		return m.fail(cause, r.Folder)
 	default:
 		s.log.Info("message to move was moved elsewhere meanwhile (by another client); leaving it there",
 			zap.String("id", r.ID), zap.String("parent_folder_id", msg.ParentFolderID))
-		m.mu.Lock()
-		if m.moved == nil {
-			m.moved = map[folder][]string{}
-		}
-		m.moved[m.from[i]] = append(m.moved[m.from[i]], r.ID)
-		m.mu.Unlock()
+		m.skip(i)
 		return nil
 	}
+}
+
+// skip records that refs[i] left its folder without this move.
+func (m *mover) skip(i int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.moved == nil {
+		m.moved = map[folder][]string{}
+	}
+	m.moved[m.from[i]] = append(m.moved[m.from[i]], m.refs[i].ID)
+	m.s.stats.skipped.Add(1)
 }

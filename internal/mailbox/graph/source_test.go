@@ -478,6 +478,41 @@ func TestMove404Lookup(t *testing.T) {
 	}
 }
 
+// A move refused with another error (a repeated move after a lost answer)
+// is settled by a look-up too: in the destination it is done; still in its
+// folder the refusal is the error.
+func TestMoveRefusedButDone(t *testing.T) {
+	s := stubWithFolders(t)
+	a := s.addMsg("IMPORT", "Subject: a\r\n\r\n")
+	s.addMsg("IMPORT", "Subject: b\r\n\r\n")
+	s.hook = func(w http.ResponseWriter, r *http.Request, body []byte) bool {
+		if !strings.HasSuffix(r.URL.Path, "/$batch") {
+			return false
+		}
+		s.moveMsg(a, "PROCESSED") // the first attempt went through
+		var in struct {
+			Requests []batchRequest `json:"requests"`
+		}
+		_ = json.Unmarshal(body, &in)
+		var out []map[string]any
+		for _, it := range in.Requests {
+			out = append(out, map[string]any{"id": it.ID, "status": 400, "body": errBody("ErrorMoveCopyFailed", "The move or copy operation failed.")})
+		}
+		writeJSON(w, 200, map[string]any{"responses": out})
+		return true
+	}
+	src := s.source(t, nil)
+	refs := listRefs(t, src, 0)
+	if err := src.Move(ctxT(t), refs[:1], mailbox.ToProcessed); err != nil {
+		t.Fatalf("refused move of a message already in the destination: %v", err)
+	}
+	err := src.Move(ctxT(t), refs[1:], mailbox.ToProcessed)
+	var me *mailbox.Error
+	if !errors.As(err, &me) || me.Kind != mailbox.Permanent || !strings.Contains(err.Error(), "ErrorMoveCopyFailed") {
+		t.Fatalf("refused move of a message still there: %v", err)
+	}
+}
+
 // Fetch streams up to 4 bodies at once but calls fn in order, one at a
 // time; sizes are exact without Content-Length; large bodies are spooled.
 func TestFetchOrderWindowAndSpool(t *testing.T) {
