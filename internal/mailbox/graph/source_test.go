@@ -57,7 +57,8 @@ func ids(refs []mailbox.Ref) []string {
 }
 
 // The one classification table, walked: every rule gives its kind, and the
-// answers the brief names give the documented kinds and hints.
+// answers Graph gives for throttling, permissions and missing mailboxes give
+// the documented kinds and hints.
 func TestErrorTable(t *testing.T) {
 	s := newStub(t)
 	src := s.source(t, nil)
