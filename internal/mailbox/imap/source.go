@@ -155,28 +155,52 @@ func (s *Source) failSess(sess *session, op, folder string, err error) error {
 // guard bounds one operation: when the server stays silent for longer than
 // the timeout, or ctx ends, the connection is closed, which makes every
 // pending go-imap call return. touch extends the deadline (progress seen);
-// pause suspends it while the caller works; stop ends the guard.
+// pause suspends it while the caller works; done ends the guard.
 type guard struct {
 	t    *time.Timer
 	d    time.Duration
 	stop func() bool
+
+	// mu orders the timer's and the context's kill against done: after
+	// done returns, the session is either killed already or never will
+	// be by this guard (a kill arriving late would break the next
+	// operation on a session that looked healthy).
+	mu       sync.Mutex
+	finished bool
 }
 
 func (s *Source) guard(ctx context.Context, sess *session) *guard {
 	d := s.timeout()
 	g := &guard{d: d}
 	g.t = time.AfterFunc(d, func() {
-		sess.timedOut.Store(true)
-		sess.kill()
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if !g.finished {
+			sess.timedOut.Store(true)
+			sess.kill()
+		}
 	})
-	g.stop = context.AfterFunc(ctx, sess.kill)
+	g.stop = context.AfterFunc(ctx, func() {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if !g.finished {
+			sess.kill()
+		}
+	})
 	return g
 }
 
 func (g *guard) touch()  { g.t.Reset(g.d) }
 func (g *guard) pause()  { g.t.Stop() }
-func (g *guard) done()   { g.t.Stop(); g.stop() }
 func (g *guard) resume() { g.t.Reset(g.d) }
+
+func (g *guard) done() {
+	g.mu.Lock()
+	g.finished = true
+	g.mu.Unlock()
+	g.t.Stop()
+	g.stop()
+}
 
 // ensure returns a live, authenticated session, connecting when needed.
 func (s *Source) ensure(ctx context.Context) (*session, error) {
@@ -241,10 +265,8 @@ func (s *Source) connect(ctx context.Context) (*session, error) {
 	sess := &session{sniff: sniff, raw: raw}
 
 	// Bound the whole connect + login sequence.
-	deadline := time.AfterFunc(s.timeout(), func() { sess.timedOut.Store(true); raw.Close() })
-	defer deadline.Stop()
-	stop := context.AfterFunc(ctx, func() { raw.Close() })
-	defer stop()
+	g := s.guard(ctx, sess)
+	defer g.done()
 
 	fail := func(op string, err error) (*session, error) {
 		raw.Close()
