@@ -27,9 +27,20 @@ test: test-deps
 test-race: test-deps
 	$(GO) test -race $(TEST_FLAGS) $(PKGS)
 
-## bench: end-to-end import benchmarks against Dovecot and JetStream
+## bench: end-to-end import benchmarks against Dovecot and JetStream (output also in bench-results/bench.txt)
 bench: test-deps
-	MAILPIPE_BENCH=1 $(GO) test $(BENCH_FLAGS) ./internal/bench/
+	@mkdir -p bench-results
+	@MAILPIPE_BENCH=1 $(GO) test $(BENCH_FLAGS) ./internal/bench/ > bench-results/bench.txt 2>&1; status=$$?; \
+	cat bench-results/bench.txt; \
+	echo; echo "importer subprocess, one run each (wall time from process start to exit):"; \
+	awk '/^Benchmark/ { name = $$1; sub(/^Benchmark/, "", name); sub(/-[0-9]+$$/, "", name); line = sprintf("  %-16s", name); \
+		for (i = 3; i < NF; i += 2) { v = $$i; u = $$(i+1); \
+			if (u == "ns/op") line = line sprintf("  %7.2f s", v / 1e9); \
+			else if (u == "msgs/s") line = line sprintf("  %7.0f msgs/s", v); \
+			else if (u == "MB/s") line = line sprintf("  %6.1f MB/s", v); \
+			else if (u == "peak_rss_MB") line = line sprintf("  peak RSS %5.1f MB", v); } \
+		print line }' bench-results/bench.txt; \
+	exit $$status
 
 ## demo: import sample invoices from a local dev mailbox into embedded NATS
 demo:

@@ -141,11 +141,20 @@ func RunImporter(ctx context.Context, cfg *config.Importer, once bool, d Deps) e
 		if err != nil {
 			return err
 		}
+		// A second connection for the moves, so that they overlap with
+		// the next batch's fetch (see importer.Worker.SetMover).
+		mover, err := newSource(m, apps, log)
+		if err != nil {
+			src.Close()
+			return err
+		}
 		w := importer.NewWorker(m, src, b, settings, log, stats)
+		w.SetMover(mover)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer src.Close()
+			defer mover.Close()
 			if err := w.Run(ctx, hard, once); err != nil {
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("mailbox %q: %w", m.Name, err))

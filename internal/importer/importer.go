@@ -54,8 +54,11 @@ type Settings struct {
 
 // Worker imports one mailbox. Run it from one goroutine.
 type Worker struct {
-	cfg      config.Mailbox
-	src      mailbox.Source
+	cfg config.Mailbox
+	src mailbox.Source
+	// mover, when set, is a second connection to the same mailbox that
+	// moves batch k while src fetches batch k+1 (see SetMover).
+	mover    mailbox.Source
 	bus      Bus
 	set      Settings
 	log      *zap.Logger
@@ -75,6 +78,17 @@ func NewWorker(cfg config.Mailbox, src mailbox.Source, b Bus, set Settings, log 
 	return &Worker{cfg: cfg, src: src, bus: b, set: set, stats: stats, sourceID: cfg.Source,
 		log: log.With(zap.String("mailbox", cfg.Name))}
 }
+
+// SetMover makes the worker move messages through mover, a second Source
+// for the same mailbox (its own connection), so that the moves of one batch
+// overlap with the fetch and publish of the next instead of stalling the
+// pipeline: on a local server this hides about a third of the import time.
+// The rules are unchanged: a message is moved only after its PubAck; at
+// most one batch's moves are in progress; a pass waits for its last moves
+// before it returns (so the next listing never sees mail being moved), also
+// when it stops early. Without a mover, moves run in line on the source.
+// The worker uses mover from one goroutine at a time; the caller closes it.
+func (w *Worker) SetMover(mover mailbox.Source) { w.mover = mover }
 
 // PassResult counts what one pass did.
 type PassResult struct {
@@ -156,12 +170,14 @@ func sleep(ctx context.Context, d time.Duration) bool {
 
 // Pass lists the import folder once and handles what it found, batch by
 // batch. It returns after the listing is handled; Run calls it again.
-func (w *Worker) Pass(soft, hard context.Context) (PassResult, error) {
-	var res PassResult
+func (w *Worker) Pass(soft, hard context.Context) (res PassResult, err error) {
 	if soft.Err() != nil {
 		return res, nil
 	}
 	ctx := hard
+	var moving pendingMove
+	// Whatever ends the pass, the moves in progress are waited for.
+	defer func() { err = errors.Join(err, w.finishMove(&moving, &res)) }()
 	listing, err := w.src.List(ctx, w.set.ListLimit)
 	if err != nil {
 		return res, err
@@ -177,9 +193,12 @@ func (w *Worker) Pass(soft, hard context.Context) (PassResult, error) {
 			return res, nil
 		}
 		end := min(i+batch, len(listing.Refs))
-		if err := w.batch(ctx, listing.Refs[i:end], bridge, &res); err != nil {
+		if err := w.batch(ctx, listing.Refs[i:end], bridge, &res, &moving); err != nil {
 			return res, err
 		}
+	}
+	if err := w.finishMove(&moving, &res); err != nil {
+		return res, err
 	}
 	// Every message listed under the new UIDVALIDITY is handled: remember
 	// it, so the bridge is not needed any more.
@@ -231,14 +250,90 @@ type inflight struct {
 	buf     *[]byte
 }
 
+// pendingMove is a batch's moves running on the mover.
+type pendingMove struct {
+	done                 chan struct{}
+	toProcessed, toError []mailbox.Ref
+	movedProcessed       bool // toProcessed moved
+	movedError           bool // toError moved
+	err                  error
+}
+
+// startMove moves toProcessed and then toError: on the mover in the
+// background when there is one (finishMove collects the outcome), else in
+// line.
+func (w *Worker) startMove(ctx context.Context, m *pendingMove, toProcessed, toError []mailbox.Ref) {
+	*m = pendingMove{done: make(chan struct{}), toProcessed: toProcessed, toError: toError}
+	run := func(src mailbox.Source) {
+		defer close(m.done)
+		if err := src.Move(ctx, toProcessed, mailbox.ToProcessed); err != nil {
+			m.err = fmt.Errorf("move %d messages to processed folder: %w", len(toProcessed), err)
+			return
+		}
+		m.movedProcessed = true
+		if err := src.Move(ctx, toError, mailbox.ToError); err != nil {
+			m.err = fmt.Errorf("move %d messages to error folder: %w", len(toError), err)
+			return
+		}
+		m.movedError = true
+	}
+	if w.mover == nil {
+		run(w.src)
+		return
+	}
+	go run(w.mover)
+}
+
+// finishMove waits for the moves started last (if any), counts what was
+// moved and returns the move's error. The wait is not bounded by a
+// context: Move itself is (the ctx given to startMove, and the source's
+// timeout).
+func (w *Worker) finishMove(m *pendingMove, res *PassResult) error {
+	if m.done == nil {
+		return nil
+	}
+	<-m.done
+	processed, failed := 0, 0
+	if m.movedProcessed {
+		processed = len(m.toProcessed)
+	}
+	if m.movedError {
+		failed = len(m.toError)
+	}
+	res.Moved += processed
+	res.Failed += failed
+	w.stats.add(w.cfg.Name, processed, failed)
+	err := m.err
+	*m = pendingMove{}
+	return err
+}
+
 // batch handles one batch: fetch (streamed) → publish (async, bounded) →
-// wait for every PubAck → one move per destination.
-func (w *Worker) batch(ctx context.Context, refs []mailbox.Ref, bridge map[string]bool, res *PassResult) error {
+// wait for every PubAck → one move per destination. The moves of the
+// previous batch are waited for before this batch's start; with a mover,
+// this batch's moves are left running when batch returns.
+func (w *Worker) batch(ctx context.Context, refs []mailbox.Ref, bridge map[string]bool, res *PassResult, moving *pendingMove) error {
 	var (
 		toProcessed, toError []mailbox.Ref
 		waiting              []inflight
 		fetch                []mailbox.Ref
+		// waiting[:released] have had their buffers returned to the
+		// pool: a buffer is reused as soon as its PubAck is in, so a
+		// batch holds about max_in_flight buffers, not one per message.
+		released int
 	)
+	release := func() {
+		for ; released < len(waiting); released++ {
+			f := &waiting[released]
+			select {
+			case <-f.pending.Done():
+				w.putBuf(f.buf)
+				f.buf = nil
+			default:
+				return
+			}
+		}
+	}
 	// Over-size mail is rejected from its listed size without fetching it.
 	for _, r := range refs {
 		if w.cfg.MaxMessageSize > 0 && r.Size > int64(w.cfg.MaxMessageSize) {
@@ -254,6 +349,7 @@ func (w *Worker) batch(ctx context.Context, refs []mailbox.Ref, bridge map[strin
 
 	fetchErr := w.src.Fetch(ctx, fetch, func(m *mailbox.Message) error {
 		if m.Size <= w.set.LargeThreshold {
+			release()
 			bp := w.getBuf(m.Size)
 			n, err := io.ReadFull(m.Body, *bp)
 			if err != nil {
@@ -346,15 +442,19 @@ func (w *Worker) batch(ctx context.Context, refs []mailbox.Ref, bridge map[strin
 			ackErr = errors.Join(ackErr, fmt.Errorf("publish %s: %w", f.ref, err))
 		}
 	}
-	if err := w.src.Move(ctx, toProcessed, mailbox.ToProcessed); err != nil {
-		return fmt.Errorf("move %d messages to processed folder: %w", len(toProcessed), err)
+	// One batch's moves at a time, in order.
+	if err := w.finishMove(moving, res); err != nil {
+		// The previous batch's moves failed (connection lost...): stop
+		// the pass; this batch stays in the import folder and is
+		// published again (as duplicates) and moved by the next pass.
+		return errors.Join(err, fetchErr, ackErr)
 	}
-	res.Moved += len(toProcessed)
-	if err := w.src.Move(ctx, toError, mailbox.ToError); err != nil {
-		return fmt.Errorf("move %d messages to error folder: %w", len(toError), err)
+	w.startMove(ctx, moving, toProcessed, toError)
+	if w.mover == nil {
+		if err := w.finishMove(moving, res); err != nil {
+			return err
+		}
 	}
-	res.Failed += len(toError)
-	w.stats.add(w.cfg.Name, len(toProcessed), len(toError))
 	return errors.Join(fetchErr, ackErr)
 }
 
