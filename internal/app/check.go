@@ -36,7 +36,10 @@ func (c *checker) warn(format string, a ...any) { fmt.Fprintf(c.out, "  warn  "+
 // report to out and returns ErrCheckFailed when anything failed.
 func CheckImporter(ctx context.Context, cfg *config.Importer, out io.Writer, create bool, d Deps) error {
 	c := &checker{out: out}
-	apps, err := identities(cfg, d)
+	fmt.Fprintln(out, "nats")
+	conn, b, closeConn := checkNATS(ctx, c, cfg, d)
+	defer closeConn()
+	srcs, err := newSources(ctx, cfg, conn, b, nil, d)
 	if err != nil {
 		return err
 	}
@@ -44,11 +47,13 @@ func CheckImporter(ctx context.Context, cfg *config.Importer, out io.Writer, cre
 		checkIdentityExpiry(c, name, id)
 	}
 	for _, m := range cfg.Mailboxes {
-		fmt.Fprintf(out, "mailbox %q (%s, %s %s:%d)\n", m.Name, m.Address, m.Source, m.IMAP.Host, m.IMAP.Port)
-		checkMailbox(ctx, c, m, apps, create, d)
+		where := fmt.Sprintf("imap %s:%d", m.IMAP.Host, m.IMAP.Port)
+		if m.Source == "graph" {
+			where = "graph " + m.Graph.BaseURL
+		}
+		fmt.Fprintf(out, "mailbox %q (%s, %s)\n", m.Name, m.Address, where)
+		checkMailbox(ctx, c, m, srcs, create)
 	}
-	fmt.Fprintln(out, "nats")
-	checkNATS(ctx, c, cfg, d)
 	if c.failed {
 		return ErrCheckFailed
 	}
@@ -80,18 +85,33 @@ func checkIdentityExpiry(c *checker, name string, id config.Identity) {
 	}
 }
 
-func checkMailbox(ctx context.Context, c *checker, m config.Mailbox, apps map[string]*auth.App, create bool, d Deps) {
+func checkMailbox(ctx context.Context, c *checker, m config.Mailbox, srcs *sources, create bool) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if m.Identity != "" && m.IMAP.Auth != "password" {
-		tok, err := apps[m.Identity].Source(auth.ScopeIMAPApp).Token(ctx)
+	if m.Identity != "" && (m.Source == "graph" || m.IMAP.Auth != "password") {
+		id := srcs.cfg.Identities[m.Identity]
+		appScope, delegatedScope := imapScope(id.AuthorityHost), auth.ScopeIMAPDelegated
+		if m.Source == "graph" {
+			r := graphResource(m.Graph.BaseURL)
+			appScope, delegatedScope = r+"/.default", r+"/Mail.ReadWrite.Shared"
+		}
+		scope := appScope
+		if isDelegated(id) {
+			scope = delegatedScope
+		}
+		ts, _, err := srcs.tokens(m, appScope, delegatedScope)
+		if err == nil {
+			var tok auth.Token
+			if tok, err = ts.Token(ctx); err == nil {
+				c.ok("token for %s (identity %q), valid until %s", scope, m.Identity, tok.ExpiresOn.Local().Format("15:04"))
+			}
+		}
 		if err != nil {
-			c.fail("token for %s (identity %q): %v", auth.ScopeIMAPApp, m.Identity, err)
+			c.fail("token for %s (identity %q): %v", scope, m.Identity, err)
 			return
 		}
-		c.ok("token for %s (identity %q), valid until %s", auth.ScopeIMAPApp, m.Identity, tok.ExpiresOn.Local().Format("15:04"))
 	}
-	src, err := newSource(m, apps, d.logger())
+	src, err := srcs.New(m)
 	if err != nil {
 		c.fail("%v", err)
 		return
@@ -144,16 +164,20 @@ func unjoin(err error) []error {
 	return []error{err}
 }
 
-func checkNATS(ctx context.Context, c *checker, cfg *config.Importer, d Deps) {
+// checkNATS connects and opens the streams, reporting both; it returns
+// what it could open (nil when it failed) and a func closing it.
+func checkNATS(ctx context.Context, c *checker, cfg *config.Importer, d Deps) (*bus.Conn, *bus.Bus, func()) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	conn, owned, err := connect(ctx, cfg, d)
 	if err != nil {
 		c.fail("connect: %v", err)
-		return
+		return nil, nil, func() {}
 	}
-	if owned {
-		defer conn.Close()
+	closeConn := func() {
+		if owned {
+			conn.Close()
+		}
 	}
 	if conn.Embedded() {
 		c.ok("embedded NATS server with JetStream (store %s)", cfg.NATS.Embedded.StoreDir)
@@ -163,12 +187,13 @@ func checkNATS(ctx context.Context, c *checker, cfg *config.Importer, d Deps) {
 	b, err := bus.Open(ctx, conn, cfg.Bus, d.logger())
 	if err != nil {
 		c.fail("streams: %v", err)
-		return
+		return conn, nil, closeConn
 	}
 	info, err := b.StreamInfo(ctx)
 	if err != nil {
 		c.fail("stream info: %v", err)
-		return
+		return conn, b, closeConn
 	}
 	c.ok("%s", info)
+	return conn, b, closeConn
 }

@@ -76,6 +76,20 @@ func (s *crashSource) Move(ctx context.Context, refs []mailbox.Ref, dest mailbox
 	return s.Source.Move(ctx, refs, dest)
 }
 
+// testSource builds the source of cfg's first mailbox as RunImporter does.
+func testSource(t *testing.T, cfg *config.Importer) mailbox.Source {
+	t.Helper()
+	srcs, err := newSources(context.Background(), cfg, nil, nil, nil, Deps{Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := srcs.New(cfg.Mailboxes[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src
+}
+
 // worker builds a worker like RunImporter does, with optional wrappers.
 func worker(t *testing.T, cfg *config.Importer, wrapBus func(importer.Bus) importer.Bus, wrapSrc func(mailbox.Source) mailbox.Source) (*importer.Worker, func()) {
 	t.Helper()
@@ -89,14 +103,7 @@ func worker(t *testing.T, cfg *config.Importer, wrapBus func(importer.Bus) impor
 	if err != nil {
 		t.Fatal(err)
 	}
-	apps, err := identities(cfg, Deps{Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, err := newSource(cfg.Mailboxes[0], apps, log)
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := testSource(t, cfg)
 	var ib importer.Bus = b
 	if wrapBus != nil {
 		ib = wrapBus(b)

@@ -19,7 +19,6 @@ import (
 	"github.com/mailpipe/mailpipe/internal/config"
 	"github.com/mailpipe/mailpipe/internal/importer"
 	"github.com/mailpipe/mailpipe/internal/mailbox"
-	"github.com/mailpipe/mailpipe/internal/mailbox/imap"
 )
 
 // Deps lets tests and the demo inject pieces; zero values mean production.
@@ -37,41 +36,6 @@ func (d Deps) logger() *zap.Logger {
 		return zap.NewNop()
 	}
 	return d.Logger
-}
-
-// identities builds one token client per identity used by a mailbox.
-func identities(cfg *config.Importer, d Deps) (map[string]*auth.App, error) {
-	apps := map[string]*auth.App{}
-	for _, m := range cfg.Mailboxes {
-		if m.Identity == "" || apps[m.Identity] != nil {
-			continue
-		}
-		id, ok := cfg.Identities[m.Identity]
-		if !ok {
-			return nil, fmt.Errorf("mailboxes[%s].identity: unknown identity %q", m.Name, m.Identity)
-		}
-		opts := append([]auth.Option{auth.WithLogger(d.logger())}, d.AuthOptions...)
-		a, err := auth.NewApp(m.Identity, id, opts...)
-		if err != nil {
-			return nil, err
-		}
-		apps[m.Identity] = a
-	}
-	return apps, nil
-}
-
-// newSource builds the mailbox source for m.
-func newSource(m config.Mailbox, apps map[string]*auth.App, log *zap.Logger) (mailbox.Source, error) {
-	switch m.Source {
-	case "imap", "":
-		var ts auth.TokenSource
-		if m.IMAP.Auth != "password" {
-			ts = apps[m.Identity].Source(auth.ScopeIMAPApp)
-		}
-		return imap.New(imap.Options{Mailbox: m, Tokens: ts, Logger: log})
-	default:
-		return nil, fmt.Errorf("mailboxes[%s].source: %q is not available in this build", m.Name, m.Source)
-	}
 }
 
 func connect(ctx context.Context, cfg *config.Importer, d Deps) (*bus.Conn, bool, error) {
@@ -111,11 +75,15 @@ func RunImporter(ctx context.Context, cfg *config.Importer, once bool, d Deps) e
 	if err != nil {
 		return err
 	}
-	apps, err := identities(cfg, d)
+	stats := importer.NewStats()
+	srcs, err := newSources(hard, cfg, conn, b, stats, d)
 	if err != nil {
 		return err
 	}
-	stats := importer.NewStats()
+	leases, err := b.OpenLeases(hard, bus.DefaultLeaseTTL, leaseHolder())
+	if err != nil {
+		return err
+	}
 	started := time.Now()
 	if cfg.HTTPListen != "" {
 		srv := opsServer(cfg, stats, started)
@@ -127,35 +95,47 @@ func RunImporter(ctx context.Context, cfg *config.Importer, once bool, d Deps) e
 		defer srv.Close()
 	}
 
-	settings := importer.Settings{
-		LargeThreshold:  int64(cfg.Bus.LargeMessageThreshold),
-		DuplicateWindow: cfg.Bus.Stream.DuplicateWindow,
-	}
+
 	var (
 		wg   sync.WaitGroup
 		mu   sync.Mutex
 		errs []error
 	)
 	for _, m := range cfg.Mailboxes {
-		src, err := newSource(m, apps, log)
+		src, err := srcs.New(m)
 		if err != nil {
 			return err
 		}
-		// A second connection for the moves, so that they overlap with
-		// the next batch's fetch (see importer.Worker.SetMover).
-		mover, err := newSource(m, apps, log)
-		if err != nil {
-			src.Close()
-			return err
+		settings := importer.Settings{
+			LargeThreshold:  int64(cfg.Bus.LargeMessageThreshold),
+			DuplicateWindow: cfg.Bus.Stream.DuplicateWindow,
+			Batch:           batchSize(m),
 		}
 		w := importer.NewWorker(m, src, b, settings, log, stats)
-		w.SetMover(mover)
+		var mover mailbox.Source
+		if m.Source != "graph" {
+			// IMAP: a second connection for the moves, so that they
+			// overlap with the next batch's fetch (see
+			// importer.Worker.SetMover). Graph moves are $batch requests
+			// of their own; a second source would only add requests.
+			if mover, err = srcs.New(m); err != nil {
+				src.Close()
+				return err
+			}
+			w.SetMover(mover)
+		}
+		mlog := log.With(zap.String("mailbox", m.Name))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer src.Close()
-			defer mover.Close()
-			if err := w.Run(ctx, hard, once); err != nil {
+			if mover != nil {
+				defer mover.Close()
+			}
+			err := runLeased(ctx, leases, m.Name, once, m.PollInterval, mlog,
+				func() { stats.Standby(m.Name) },
+				func(soft context.Context) error { return w.Run(soft, hard, once) })
+			if err != nil {
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("mailbox %q: %w", m.Name, err))
 				mu.Unlock()

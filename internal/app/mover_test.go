@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap/zaptest"
 
 	"github.com/mailpipe/mailpipe/internal/mailbox"
 	"github.com/mailpipe/mailpipe/internal/testenv/stack"
@@ -27,15 +26,7 @@ func TestCrashInOverlappedMove(t *testing.T) {
 
 			ctx, cancel := context.WithCancel(context.Background())
 			w, closeFn := worker(t, cfg, nil, nil)
-			log := zaptest.NewLogger(t)
-			apps, err := identities(cfg, Deps{Logger: log})
-			if err != nil {
-				t.Fatal(err)
-			}
-			mover, err := newSource(cfg.Mailboxes[0], apps, log)
-			if err != nil {
-				t.Fatal(err)
-			}
+			mover := testSource(t, cfg)
 			// The second batch's moves crash: the first batch is moved,
 			// the second published but (wholly or partly) not moved, the
 			// third being fetched when the crash comes.

@@ -48,7 +48,10 @@ type Settings struct {
 	LargeThreshold int64
 	// DuplicateWindow of the inbound stream (for the UIDVALIDITY bridge).
 	DuplicateWindow time.Duration
-	// ListLimit bounds one listing (0: 10 × fetch batch).
+	// Batch is how many messages one fetch/publish/move round covers
+	// (imap.fetch_batch, graph.page_size).
+	Batch int
+	// ListLimit bounds one listing (0: 10 × batch).
 	ListLimit int
 }
 
@@ -69,8 +72,11 @@ type Worker struct {
 
 // NewWorker returns a worker for mailbox cfg reading from src.
 func NewWorker(cfg config.Mailbox, src mailbox.Source, b Bus, set Settings, log *zap.Logger, stats *Stats) *Worker {
+	if set.Batch <= 0 {
+		set.Batch = max(cfg.IMAP.FetchBatch, 1)
+	}
 	if set.ListLimit <= 0 {
-		set.ListLimit = 10 * max(cfg.IMAP.FetchBatch, 100)
+		set.ListLimit = 10 * max(set.Batch, 100)
 	}
 	if stats == nil {
 		stats = NewStats()
@@ -187,7 +193,7 @@ func (w *Worker) Pass(soft, hard context.Context) (res PassResult, err error) {
 	if err != nil {
 		return res, err
 	}
-	batch := max(w.cfg.IMAP.FetchBatch, 1)
+	batch := w.set.Batch
 	for i := 0; i < len(listing.Refs); i += batch {
 		if soft.Err() != nil {
 			return res, nil
@@ -348,6 +354,16 @@ func (w *Worker) batch(ctx context.Context, refs []mailbox.Ref, bridge map[strin
 	}
 
 	fetchErr := w.src.Fetch(ctx, fetch, func(m *mailbox.Message) error {
+		// The listed size can be smaller than the MIME (Graph lists the
+		// store size): check the exact size too, before reading the body.
+		if w.cfg.MaxMessageSize > 0 && m.Size > int64(w.cfg.MaxMessageSize) {
+			reason := fmt.Sprintf("message is %d bytes, over the limit of %d bytes (mailboxes[%s].max_message_size)", m.Size, int64(w.cfg.MaxMessageSize), w.cfg.Name)
+			if err := w.deadLetter(ctx, w.envelope(m.Ref, headerFields{}, m.Size), reason, nil); err != nil {
+				return err
+			}
+			toError = append(toError, m.Ref)
+			return nil
+		}
 		if m.Size <= w.set.LargeThreshold {
 			release()
 			bp := w.getBuf(m.Size)
