@@ -95,7 +95,6 @@ func RunImporter(ctx context.Context, cfg *config.Importer, once bool, d Deps) e
 		defer srv.Close()
 	}
 
-
 	var (
 		wg   sync.WaitGroup
 		mu   sync.Mutex

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/mailpipe/mailpipe/internal/mailbox"
 	"github.com/mailpipe/mailpipe/internal/testenv/stack"
 )
