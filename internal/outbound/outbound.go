@@ -124,3 +124,17 @@ func MessageID(jobID, from string) string {
 	}
 	return "<mailpipe." + jobID + "@" + domain + ">"
 }
+
+// Errors of an Attachments opener, or of the reader it returns: wrap them
+// (fmt.Errorf("...: %w", ErrAttachmentNotFound)) so that transports report
+// the job's failure as permanent with mailjob.ReasonAttachmentNotFound or
+// mailjob.ReasonAttachmentMismatch. A transport that finds the content
+// longer or shorter than ObjectRef.Size reports ErrAttachmentMismatch
+// itself. Other errors of the opener count as transient.
+var (
+	// ErrAttachmentNotFound: the object is not in its bucket.
+	ErrAttachmentNotFound = errors.New("attachment object not found")
+	// ErrAttachmentMismatch: the object's size or SHA-256 differs from its
+	// reference.
+	ErrAttachmentMismatch = errors.New("attachment object differs from its reference (size or sha256)")
+)

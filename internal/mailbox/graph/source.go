@@ -1,7 +1,17 @@
-// Package graph is the Microsoft Graph mailbox source: folders resolved from
-// a well-known root by display name, discovery by per-folder delta query
-// (or full listings), raw MIME streamed from messages/{id}/$value, and moves
-// by immutable id, batched with $batch.
+// Package graph is mailpipe's Microsoft Graph client, for importing and for
+// sending.
+//
+// Importing: Source is the mailbox source: folders resolved from a
+// well-known root by display name, discovery by per-folder delta query (or
+// full listings), raw MIME streamed from messages/{id}/$value, and moves by
+// immutable id, batched with $batch.
+//
+// Sending: Transport is the sender's outbound.Transport: each job becomes a
+// draft (with its own Internet Message-ID and a marker property holding the
+// job id) that is then sent, so that a retry finds what an earlier attempt
+// did (in Sent Items, or by the marker) and does not send twice;
+// attachments over 2.9 MB go through upload sessions, streamed a chunk at
+// a time.
 //
 // It is the only package that imports the Microsoft Graph SDK: its core
 // (msgraph-sdk-go-core's request adapter, kiota's HTTP pipeline and the
@@ -10,7 +20,8 @@
 // minutes and gigabytes of memory, and every request this source makes is
 // a plain URL with a small JSON answer.
 //
-// The source owns retries and throttling: the SDK's retry handler is left
+// The source owns retries and throttling (the Transport makes one attempt
+// and leaves retries to the sender): the SDK's retry handler is left
 // out of the pipeline (it retries POSTs and truncates fractional
 // Retry-After); every request goes through a throttle.Limiter shared by all
 // Sources of the mailbox, and a throttle.App shared by all mailboxes of the

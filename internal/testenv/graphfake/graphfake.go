@@ -486,6 +486,7 @@ func (s *Server) serveCall(w http.ResponseWriter, r *http.Request, p string, cla
 	// The request is in flight (and holds its concurrency slot) while the
 	// latency passes.
 	s.sleep(r.Context())
+	var after *Fault // an Applied fault, answered after the handler ran
 	if f := s.lim.fault(r.Method, p); f != nil {
 		s.stats.do(func(st *Stats) { st.Faults++ })
 		if f.Delay > 0 {
@@ -496,15 +497,26 @@ func (s *Server) serveCall(w http.ResponseWriter, r *http.Request, p string, cla
 			}
 			t.Stop()
 		}
-		if f.CutAfter > 0 && sw != nil {
+		switch {
+		case f.CutAfter > 0 && sw != nil:
 			sw.cut = f.CutAfter
-		} else {
+		case f.Applied && !inBatch:
+			after = f
+		case f.Drop && !inBatch:
+			s.answerFault(w, f)
+		default:
 			s.writeError(w, faultError(f))
 			return
 		}
 	}
 	if e := s.authorize(c, rt.perm); e != nil {
 		s.writeError(w, e)
+		return
+	}
+	if after != nil {
+		c.w = &discardWriter{}
+		rt.handler(c)
+		s.answerFault(w, after)
 		return
 	}
 	rt.handler(c)

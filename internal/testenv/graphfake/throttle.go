@@ -293,6 +293,15 @@ type Fault struct {
 	// drop the connection after CutAfter bytes of its body (a download
 	// that breaks mid-way). Not applied to batch items.
 	CutAfter int64
+	// Applied: carry the request out first (its effects stay, as when a
+	// gateway times out after the mailbox did the work), then answer
+	// Status instead of the real answer, or drop the connection with
+	// Drop. The client cannot tell whether the request took effect. Not
+	// applied to batch items (they get Status without the effects).
+	Applied bool
+	// Drop: drop the connection instead of answering (with Applied: after
+	// carrying the request out). Not applied to batch items.
+	Drop bool
 }
 
 type faultRule struct {
@@ -368,6 +377,28 @@ func (l *limiter) fault(method, path string) *Fault {
 	}
 	return nil
 }
+
+// answerFault answers a request with f: its error status, or a dropped
+// connection.
+func (s *Server) answerFault(w http.ResponseWriter, f *Fault) {
+	if f.Drop {
+		panic(http.ErrAbortHandler)
+	}
+	s.writeError(w, faultError(f))
+}
+
+// discardWriter swallows the real answer of a request under an Applied
+// fault.
+type discardWriter struct{ h http.Header }
+
+func (d *discardWriter) Header() http.Header {
+	if d.h == nil {
+		d.h = http.Header{}
+	}
+	return d.h
+}
+func (*discardWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (*discardWriter) WriteHeader(int)             {}
 
 func faultError(f *Fault) *gErr {
 	var e *gErr

@@ -124,6 +124,19 @@ func (s *Server) serveUpload(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, errItemNotFound())
 		return
 	}
+	if r.Method == http.MethodGet {
+		// The session's state, as OneDrive's upload sessions answer it
+		// (Outlook's documentation does not say whether attachment
+		// sessions do): where the next upload must start.
+		s.mu.Lock()
+		next := int64(len(u.data))
+		s.mu.Unlock()
+		writeJSON(w, http.StatusOK, map[string]any{
+			"expirationDateTime": u.expires.Format("2006-01-02T15:04:05.0000000Z"),
+			"nextExpectedRanges": []string{strconv.FormatInt(next, 10)},
+		})
+		return
+	}
 	if r.Method == http.MethodDelete {
 		s.mu.Lock()
 		delete(s.uploads, u.id)
@@ -165,8 +178,14 @@ func (s *Server) serveUpload(w http.ResponseWriter, r *http.Request) {
 	if f := s.lim.fault(r.Method, r.URL.Path); f != nil && f.CutAfter == 0 {
 		s.stats.do(func(st *Stats) { st.Faults++ })
 		sleepCtx(r.Context(), f.Delay)
-		s.writeError(w, faultError(f))
-		return
+		if !f.Applied {
+			s.answerFault(w, f)
+			return
+		}
+		// Take the chunk, then answer the fault instead.
+		real := w
+		w = &discardWriter{}
+		defer s.answerFault(real, f)
 	}
 	cr := contentRange.FindStringSubmatch(r.Header.Get("Content-Range"))
 	if cr == nil {
