@@ -119,10 +119,30 @@ func checkMailbox(ctx context.Context, c *checker, m config.Mailbox, srcs *sourc
 	defer src.Close()
 	folders, err := src.Check(ctx, create)
 	if len(folders) == 0 && err != nil {
-		c.fail("login: %v", err)
+		if m.Source == "graph" {
+			c.fail("access to the mailbox: %v", err)
+		} else {
+			c.fail("login: %v", err)
+		}
 		return
 	}
 	c.ok("logged in as %s", m.Address)
+	// Each error about one folder is reported with that folder; the rest
+	// after the folders.
+	errs := unjoin(err)
+	if err == nil {
+		errs = nil
+	}
+	reported := make([]bool, len(errs))
+	errFor := func(path string) (int, error) {
+		for i, e := range errs {
+			var me *mailbox.Error
+			if !reported[i] && errors.As(e, &me) && me.Folder == path {
+				return i, e
+			}
+		}
+		return -1, nil
+	}
 	for i, f := range folders {
 		role := "import folder"
 		switch {
@@ -135,11 +155,21 @@ func checkMailbox(ctx context.Context, c *checker, m config.Mailbox, srcs *sourc
 		}
 		switch {
 		case !f.Exists:
-			hint := ""
-			if i > 0 {
-				hint = " (run `importer check --create-folders` to create it)"
+			j, e := errFor(f.Path)
+			switch {
+			case e != nil && mailbox.KindOf(e) != mailbox.NotFound:
+				// Not known to be missing: say what went wrong.
+				reported[j] = true
+				c.fail("%s '%s': %v", role, f.Path, e)
+			case i == 0 && e != nil:
+				// The details name what exists there.
+				reported[j] = true
+				c.fail("%s '%s' not found: %v", role, f.Path, e)
+			case i > 0:
+				c.fail("%s '%s' not found (run `importer check --create-folders` to create it)", role, f.Path)
+			default:
+				c.fail("%s '%s' not found", role, f.Path)
 			}
-			c.fail("%s '%s' not found%s", role, f.Path, hint)
 		case i == 0:
 			c.ok("opened %s '%s' containing %d messages (%d unread)", role, f.Path, f.Messages, f.Unseen)
 		case f.Messages < 0:
@@ -148,11 +178,9 @@ func checkMailbox(ctx context.Context, c *checker, m config.Mailbox, srcs *sourc
 			c.ok("%s '%s' present (%d messages)", role, f.Path, f.Messages)
 		}
 	}
-	if err != nil {
-		for _, e := range unjoin(err) {
-			if mailbox.KindOf(e) != mailbox.NotFound {
-				c.fail("%v", e)
-			}
+	for i, e := range errs {
+		if !reported[i] && mailbox.KindOf(e) != mailbox.NotFound {
+			c.fail("%v", e)
 		}
 	}
 }

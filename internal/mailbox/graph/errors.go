@@ -200,6 +200,13 @@ func isItemNotFound(err error) bool {
 	return !strings.EqualFold(ae.Code, "ErrorFolderNotFound")
 }
 
+// isMailboxError reports an answer saying the mailbox itself does not
+// exist or cannot be used over Graph.
+func isMailboxError(err error) bool {
+	var ae *apiError
+	return errors.As(err, &ae) && ruleFor(ae.Status, ae.Code).hint == hintMailbox
+}
+
 // isSyncStateGone reports an expired or invalid delta state.
 func isSyncStateGone(err error) bool {
 	var ae *apiError

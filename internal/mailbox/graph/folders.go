@@ -366,7 +366,9 @@ func (s *Source) destFolder(ctx context.Context, dest mailbox.Dest) (folder, str
 // Check reports the configured folders (import, processed, error, then the
 // import folder's subfolders when included) with their item counts; with
 // create, missing processed and error folders (and their parents) are
-// created.
+// created. When nothing in the mailbox can be read (no permission, or no
+// such mailbox) it returns no folders and the error, as a failed login does
+// over IMAP.
 func (s *Source) Check(ctx context.Context, create bool) ([]mailbox.FolderStatus, error) {
 	var out []mailbox.FolderStatus
 	var problems []error
@@ -387,11 +389,17 @@ func (s *Source) Check(ctx context.Context, create bool) ([]mailbox.FolderStatus
 			f, err = s.createPath(ctx, it.key, it.path)
 		}
 		if err != nil {
+			if mailbox.KindOf(err) == mailbox.Auth || isMailboxError(err) {
+				if len(out) == 0 {
+					// Nothing in the mailbox could be read (no
+					// permission, or no such mailbox): there is no
+					// folder to report, only why.
+					return nil, err
+				}
+				return append(out, mailbox.FolderStatus{Path: it.path}), errors.Join(append(problems, err)...)
+			}
 			problems = append(problems, err)
 			out = append(out, mailbox.FolderStatus{Path: it.path})
-			if k := mailbox.KindOf(err); k == mailbox.Auth {
-				return out, errors.Join(problems...)
-			}
 			continue
 		}
 		st, err := s.folderStatus(ctx, f)

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mailpipe/mailpipe/internal/mailbox"
+	"github.com/mailpipe/mailpipe/internal/throttle"
 )
 
 // maxBatchRounds bounds how often items of one $batch that were throttled
@@ -165,6 +166,14 @@ func (m *mover) batch(ctx context.Context, idx []int) error {
 		var retry []int
 		var wait time.Duration
 		var firstErr error
+		// The pause this answer asks for: the longest Retry-After of its
+		// items, and a backoff if a 429/5xx item came without one. The
+		// items of one answer are one failure, not one each: counted one
+		// by one, a single answer with a few 503 items would grow the
+		// backoff to many seconds (up to a minute).
+		var hintStatus, bareStatus int
+		var hint string
+		var hinted time.Duration
 		for _, i := range pending {
 			it, ok := byID[itoa(i)]
 			switch {
@@ -179,7 +188,14 @@ func (m *mover) batch(ctx context.Context, idx []int) error {
 				if it.Status == http.StatusTooManyRequests {
 					s.stats.throttled.Add(1)
 				}
-				wait = max(wait, s.c.lim.Observe(it.Status, it.header("Retry-After")))
+				if it.Status != http.StatusFailedDependency {
+					ra := it.header("Retry-After")
+					if d, ok := throttle.ParseRetryAfter(ra, time.Now()); !ok {
+						bareStatus = it.Status
+					} else if hintStatus == 0 || d > hinted {
+						hintStatus, hint, hinted = it.Status, ra, d
+					}
+				}
 				retry = append(retry, i)
 			default:
 				ae := it.apiError()
@@ -191,6 +207,12 @@ func (m *mover) batch(ctx context.Context, idx []int) error {
 					firstErr = m.fail(ae, m.refs[i].Folder)
 				}
 			}
+		}
+		if bareStatus != 0 {
+			wait = s.c.lim.Observe(bareStatus, "")
+		}
+		if hintStatus != 0 {
+			wait = max(wait, s.c.lim.Observe(hintStatus, hint))
 		}
 		if firstErr != nil {
 			return firstErr
