@@ -76,7 +76,9 @@ mailboxes:
 // endpoint, a dev IMAP mailbox seeded with supplier invoices (and one scan
 // too large to import), embedded NATS; then it shows what a consumer reads.
 // The importer runs through the same code as production (config loader,
-// MSAL, XOAUTH2 over TLS, JetStream).
+// MSAL, XOAUTH2 over TLS, JetStream). Then the sender queues and sends a
+// reply to the first invoice through a dev SMTP submission server into
+// the dev mailboxes, and shows its status events.
 func Demo(ctx context.Context, dir string, out io.Writer) error {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
@@ -120,7 +122,7 @@ func Demo(ctx context.Context, dir string, out io.Writer) error {
 	}
 	mail, err := devmail.Start(devmail.Options{
 		TLSConfig: tlsCfg,
-		Users:     []devmail.User{{Address: demoMailbox}},
+		Users:     []devmail.User{{Address: demoMailbox}, {Address: demoBookkeeping}},
 		ValidateToken: func(tok string) (string, error) {
 			c, err := idp.Validate(tok, "https://outlook.office365.com")
 			if err != nil {
@@ -203,7 +205,12 @@ func Demo(ctx context.Context, dir string, out io.Writer) error {
 	if err := showDeadLetters(ctx, conn.JetStream(), cfg.Bus.DeadLetter.Name, out); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "\nDone. The configuration used is %s; message format: docs/messages.md.\n", cfgPath)
+	// The other direction: the sender replies to an imported invoice.
+	if err := demoSender(ctx, dir, conn, idp, tlsCfg, mail, cfg.Bus.Stream.Name, log, out, step); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\nDone. The configurations used are %s and %s; formats: docs/messages.md, docs/jobs.md.\n",
+		cfgPath, filepath.Join(dir, "sender.yaml"))
 	return nil
 }
 
