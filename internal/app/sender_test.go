@@ -71,7 +71,11 @@ func finalEvent(t *testing.T, cfg *config.Sender, d Deps, id string) mailjob.Sta
 // mailboxes with the app-only identity.
 func graphSenderConfig(t *testing.T, st *stack.GraphStack) *config.Sender {
 	t.Helper()
-	imp := st.Config()
+	return senderConfigFrom(t, st.Config())
+}
+
+func senderConfigFrom(t *testing.T, imp *config.Importer) *config.Sender {
+	t.Helper()
 	cfg := &config.Sender{
 		Log:        config.Log{Level: "info", Format: "console"},
 		NATS:       imp.NATS,
@@ -331,5 +335,56 @@ func TestSenderAuthStatusAndLoginRefusals(t *testing.T) {
 	}
 	if err := SenderAuthLogin(context.Background(), cfg, "ceo@example.test", "", &out, d); err == nil || !strings.Contains(err.Error(), "allow-list") {
 		t.Errorf("login for an unknown mailbox: %v", err)
+	}
+}
+
+// TestSenderDelegatedThroughGraph: a service account signs in with
+// `sender auth login` (device code) and sends as the shared mailbox with
+// Send As: the drafts live in its own mailbox, the mail goes out from the
+// shared one.
+func TestSenderDelegatedThroughGraph(t *testing.T) {
+	st := stack.StartGraph(t, stack.GraphOptions{Delegated: true})
+	st.Graph.AddMailbox(stack.GraphServiceUser, graphfake.MailboxOptions{DisplayName: "Service mailpipe"})
+	st.Graph.GrantSendAs(stack.GraphServiceUser, stack.GraphAddress(0))
+	cfg := senderConfigFrom(t, st.DelegatedConfig())
+	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
+	conn, err := bus.Connect(context.Background(), cfg.NATS, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conn.Close)
+	d := Deps{Logger: log, Conn: conn}
+
+	var out bytes.Buffer
+	if err := SenderAuthStatus(context.Background(), cfg, &out, d); !errors.Is(err, ErrAuthAttention) || !strings.Contains(out.String(), "not signed in") {
+		t.Errorf("status before the sign-in: %v\n%s", err, out.String())
+	}
+	w := &codeApprover{t: t, idp: st.IdP, as: stack.GraphServiceUser}
+	if err := SenderAuthLogin(context.Background(), cfg, stack.GraphAddress(0), "", w, d); err != nil {
+		t.Fatalf("login: %v\n%s", err, w.String())
+	}
+	if !strings.Contains(w.String(), "Mail.Send.Shared") || !strings.Contains(w.String(), "Signed in as "+stack.GraphServiceUser) {
+		t.Errorf("login output:\n%s", w.String())
+	}
+	out.Reset()
+	if err := SenderAuthStatus(context.Background(), cfg, &out, d); err != nil {
+		t.Errorf("status after the sign-in: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "signed in as "+stack.GraphServiceUser) {
+		t.Errorf("status:\n%s", out.String())
+	}
+
+	runSender(t, cfg, SenderDeps{Deps: d})
+	j := &mailjob.Job{JobID: "delegated-1", From: stack.GraphAddress(0), To: []mailjob.Recipient{{Address: "ap@customer.example"}},
+		Subject: "Factuur", Text: "Zie bijlage.", Attachments: []mailjob.Attachment{mailjob.InlineAttachment("factuur.txt", "text/plain", []byte("factuur 1"))}}
+	if _, err := EnqueueJob(context.Background(), cfg, jobJSON(t, j), "", d); err != nil {
+		t.Fatal(err)
+	}
+	if ev := finalEvent(t, cfg, d, j.JobID); ev.Type != mailjob.StatusSent {
+		t.Fatalf("delegated: %+v", ev)
+	}
+	sent := st.Graph.SentItems(stack.GraphServiceUser)
+	if len(sent) != 1 || sent[0].From != stack.GraphAddress(0) || sent[0].InternetMessageID != "<mailpipe.delegated-1@example.test>" {
+		t.Errorf("service account's Sent Items: %+v", sent)
 	}
 }

@@ -78,7 +78,11 @@ func (s *Sender) prepare(ctx context.Context, mb *mailbox, msg jetstream.Msg) (s
 	if !s.claim(ctx, d) {
 		return nil
 	}
+	// While this process sends the job, a redelivery of it (after a NATS
+	// outage longer than the ack wait) must not take it for interrupted.
+	s.sending.Store(job.JobID, true)
 	return func() {
+		defer s.sending.Delete(job.JobID)
 		s.metrics.busy(mb.name, 1)
 		defer s.metrics.busy(mb.name, -1)
 		start := time.Now()
@@ -229,9 +233,9 @@ func (s *Sender) claim(ctx context.Context, d *delivery) bool {
 		return false
 	case PhaseSending:
 		age := time.Since(rev.created)
-		if age < s.staleAfter {
+		if _, busy := s.sending.Load(job.JobID); busy || age < s.staleAfter {
 			// Another replica is sending it (or was, until moments ago).
-			_ = d.msg.NakWithDelay(s.staleAfter - age + time.Duration(rand.Int64N(int64(time.Second))))
+			_ = d.msg.NakWithDelay(max(s.staleAfter-age, 0) + time.Duration(rand.Int64N(int64(time.Second))))
 			return false
 		}
 		d.log.Warn("the previous attempt was interrupted: its outcome is unknown",

@@ -100,6 +100,9 @@ type Sender struct {
 	objMu   sync.Mutex
 	objects map[string]jetstream.ObjectStore
 
+	// sending holds the ids of the jobs this process is sending.
+	sending sync.Map
+
 	rejects jetstream.Consumer
 }
 
@@ -117,7 +120,9 @@ type mailbox struct {
 }
 
 // Open creates or updates the streams and buckets (EnsureStreams) and one
-// durable consumer per mailbox. It sends nothing.
+// durable consumer per mailbox, and removes this sender's consumers of
+// mailboxes no longer allowed. It sends nothing. It is idempotent: every
+// replica calls it at start-up, concurrently or not.
 func Open(ctx context.Context, opts Options) (*Sender, error) {
 	cfg := opts.Config
 	if cfg == nil || opts.JS == nil {
@@ -204,8 +209,10 @@ func (s *Sender) Streams() *Streams { return s.streams }
 
 // Run takes and sends jobs until soft ends; then it takes no new job and
 // waits for the jobs in progress, which are abandoned (not acknowledged:
-// the next attempt looks before sending again) when hard ends. It returns
-// when every job it took is settled or abandoned.
+// the next attempt looks before sending again) when hard ends. It blocks
+// until every job it took is settled or abandoned. Failures of NATS or of
+// a transport are retried here (jobs go back to the queue with a delay);
+// Run returns no error of its own. Call it once per Sender.
 func (s *Sender) Run(soft, hard context.Context) error {
 	var loops, handlers sync.WaitGroup
 	for _, mb := range s.mailboxes {
