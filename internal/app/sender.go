@@ -268,10 +268,14 @@ func (t *senderTransports) transport(m config.SenderMailbox, profile, name strin
 				return nil, false, err
 			}
 			o.Tokens = ts
-			if delegated {
-				// A delegated token belongs to the service account: it
-				// logs in, and sends as the mailbox with Send As.
-				o.Username = t.cfg.Identities[name].Username
+			if name != m.Identity {
+				// A profile's identity: log in as its token's account,
+				// the service account (which sends as the mailbox with
+				// Send As) or the mailbox itself (app-only).
+				o.Username = m.Address
+				if delegated {
+					o.Username = t.cfg.Identities[name].Username
+				}
 			}
 		case "password":
 			o.Password = m.SMTP.Password.Value()

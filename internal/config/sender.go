@@ -149,7 +149,9 @@ type SMTP struct {
 	// Auth is xoauth2 (default: a token of the mailbox's identity),
 	// password or none (local test servers only).
 	Auth string `yaml:"auth"`
-	// Username defaults to the mailbox address.
+	// Username is the login: by default the mailbox address, or with a
+	// delegated identity its service account (the token's owner, who
+	// sends as the mailbox with Send As).
 	Username     string `yaml:"username"`
 	Password     Secret `yaml:"password"`
 	PasswordFile string `yaml:"password_file"`
@@ -411,7 +413,13 @@ func (c *Sender) ApplyDefaults() {
 			setDefault(&m.Graph.BaseURL, DefaultGraphBaseURL)
 			setDefault(&m.Graph.Timeout, DefaultGraphTimeout)
 		case "smtp":
-			m.SMTP.applyDefaults(m.Address)
+			// XOAUTH2 logs in as the account the token belongs to: the
+			// mailbox itself (app-only), or the signed-in service account.
+			login := m.Address
+			if id, ok := c.Identities[m.Identity]; ok && id.Kind == "delegated" && id.Username != "" {
+				login = id.Username
+			}
+			m.SMTP.applyDefaults(login)
 		}
 		for j := range m.Profiles {
 			setDefault(&m.Profiles[j].Identity, m.Identity)
@@ -425,7 +433,7 @@ func (c *Sender) ApplyDefaults() {
 	}
 }
 
-func (s *SMTP) applyDefaults(address string) {
+func (s *SMTP) applyDefaults(login string) {
 	setDefault(&s.Security, DefaultSMTPSecurity)
 	switch s.Security {
 	case "tls":
@@ -437,7 +445,7 @@ func (s *SMTP) applyDefaults(address string) {
 	}
 	setDefault(&s.Auth, DefaultSMTPAuth)
 	if s.Auth != "none" {
-		setDefault(&s.Username, address)
+		setDefault(&s.Username, login)
 	}
 	setDefault(&s.Timeout, DefaultSMTPTimeout)
 }

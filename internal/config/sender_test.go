@@ -115,6 +115,22 @@ mailboxes:
 	}
 }
 
+func TestSenderSMTPLoginOfDelegatedIdentity(t *testing.T) {
+	y := `
+identities:
+  svc: {kind: delegated, tenant_id: contoso.onmicrosoft.com, client_id: ` + guidClient + `, username: svc@contoso.nl, token_cache_key: ` + testCacheKey + `}
+mailboxes:
+  - {address: support@contoso.nl, identity: svc, transport: smtp, smtp: {host: smtp.office365.com}}
+`
+	cfg, err := ParseSender([]byte(y), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := cfg.Mailboxes[0].SMTP.Username; u != "svc@contoso.nl" {
+		t.Errorf("username = %q, want the service account", u)
+	}
+}
+
 func TestSenderTokenCollision(t *testing.T) {
 	y := `
 identities:
@@ -308,7 +324,8 @@ func TestSenderExampleLoads(t *testing.T) {
 	if p, ok := b.Profile("dunning"); !ok || p.Identity != "contoso-delegated" {
 		t.Errorf("profile dunning = %+v %v", p, ok)
 	}
-	if s.Transport != "smtp" || s.SMTP.Host != "smtp.office365.com" || s.SMTP.Port != 587 || s.Rate.MessagesPerMinute != 20 || s.Rate.RecipientsPerDay != 10000 {
+	if s.Transport != "smtp" || s.SMTP.Host != "smtp.office365.com" || s.SMTP.Port != 587 || s.Rate.MessagesPerMinute != 20 || s.Rate.RecipientsPerDay != 10000 ||
+		s.SMTP.Username != "svc-mailpipe@contoso.nl" {
 		t.Errorf("support = %+v", s)
 	}
 	if cfg.HTTPListen != ":9090" || cfg.Streams.Jobs.Name != "MAILPIPE_OUTBOUND" || cfg.Streams.Status.Replicas != 1 {
