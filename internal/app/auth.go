@@ -33,10 +33,12 @@ func signInCommand(mailbox string) string {
 
 // delegatedScopes are the scopes a delegated sign-in for mailbox m asks
 // for: IMAP, or Graph (reading/moving and sending, so that one sign-in
-// also serves sending from the mailbox).
+// also serves sending from the mailbox) of the cloud of graph.base_url, as
+// the importer asks for them (see sources.New).
 func delegatedScopes(m config.Mailbox) []string {
 	if m.Source == "graph" {
-		return []string{auth.ScopeGraphMailReadWriteShared, auth.ScopeGraphMailSendShared, auth.ScopeOfflineAccess}
+		r := graphResource(m.Graph.BaseURL)
+		return []string{r + "/Mail.ReadWrite.Shared", r + "/Mail.Send.Shared", auth.ScopeOfflineAccess}
 	}
 	return []string{auth.ScopeIMAPDelegated, auth.ScopeOfflineAccess}
 }

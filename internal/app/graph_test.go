@@ -491,3 +491,21 @@ func TestGraphAuthStatus(t *testing.T) {
 		t.Fatalf("status after signing in again: %v\n%s", err, out.String())
 	}
 }
+
+// A delegated sign-in for a Graph mailbox asks for the scopes of the cloud
+// of its graph.base_url, the ones the importer then asks tokens for.
+func TestGraphDelegatedScopesFollowTheCloud(t *testing.T) {
+	for base, res := range map[string]string{
+		"https://graph.microsoft.com/v1.0":             "https://graph.microsoft.com",
+		"https://graph.microsoft.us/v1.0":              "https://graph.microsoft.us",
+		"https://dod-graph.microsoft.us/v1.0":          "https://dod-graph.microsoft.us",
+		"https://microsoftgraph.chinacloudapi.cn/v1.0": "https://microsoftgraph.chinacloudapi.cn",
+		"https://127.0.0.1:8443/v1.0":                  "https://graph.microsoft.com",
+	} {
+		got := delegatedScopes(config.Mailbox{Source: "graph", Graph: config.Graph{BaseURL: base}})
+		want := []string{res + "/Mail.ReadWrite.Shared", res + "/Mail.Send.Shared", "offline_access"}
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("%s: sign-in scopes %q, want %q", base, got, want)
+		}
+	}
+}

@@ -212,7 +212,18 @@ func New(opts Options) (*Source, error) {
 	if conc <= 0 || conc > throttle.DefaultMailboxConcurrency {
 		conc = throttle.DefaultMailboxConcurrency
 	}
-	lim := app.Mailbox(user, throttle.MailboxOptions{MaxConcurrency: conc, Budget: g.RequestBudget, Window: g.BudgetWindow})
+	// Exchange counts a request when it admits it (a $batch item up to
+	// items/4 times an item's latency after the batch arrived); the
+	// limiter counts it when it is sent, the items of a batch all at once.
+	// Budget it gives back at the very end of the window may still be
+	// counted by the server, whose answer then is a 429 (which counts
+	// too): the limiter's window is 2% longer than the server's.
+	window := g.BudgetWindow
+	if window <= 0 {
+		window = throttle.DefaultWindow
+	}
+	window += window / 50
+	lim := app.Mailbox(user, throttle.MailboxOptions{MaxConcurrency: conc, Budget: g.RequestBudget, Window: window})
 	pageSize := g.PageSize
 	if pageSize <= 0 {
 		pageSize = defaultPageSize
