@@ -414,8 +414,14 @@ func (l *Limiter) Observe(status int, retryAfter string) time.Duration {
 	}
 	now := l.app.clock.Now()
 	l.mu.Lock()
-	l.failures++
-	failures := l.failures
+	// Answers to requests that were already in flight when an earlier
+	// failure paused the mailbox are the same incident, not failures in a
+	// row: escalating on each would stack backoffs (4 concurrent 503s
+	// would pause for 8 s instead of 1 s).
+	if !now.Before(l.pausedUntil) {
+		l.failures++
+	}
+	failures := max(l.failures, 1)
 	if status == 429 {
 		l.throttled++
 	}

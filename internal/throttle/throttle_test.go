@@ -441,15 +441,19 @@ func TestObserveBackoffWithoutRetryAfter(t *testing.T) {
 	clk := newFakeClock()
 	app := NewApp(AppOptions{Clock: clk, Jitter: func() float64 { return 0.5 }})
 	l := app.Mailbox("m", MailboxOptions{})
+	// Failures in a row: each one answered after the previous pause ended.
 	if d := l.Observe(503, ""); d != 750*time.Millisecond {
 		t.Fatalf("first 503 pause %s", d)
 	}
+	clk.Advance(750 * time.Millisecond)
 	if d := l.Observe(504, ""); d != 1500*time.Millisecond {
 		t.Fatalf("second pause %s", d)
 	}
+	clk.Advance(1500 * time.Millisecond)
 	if d := l.Observe(504, "garbage"); d != 3*time.Second {
 		t.Fatalf("third pause %s", d)
 	}
+	clk.Advance(3750 * time.Millisecond) // back on a whole second for the HTTP date below
 	if d := l.Observe(503, "4"); d != 4*time.Second {
 		t.Fatalf("503 with Retry-After: %s", d)
 	}
@@ -551,5 +555,24 @@ func TestWaitedHook(t *testing.T) {
 	}
 	if calls.Load() != 2 || time.Duration(total.Load()) != 1500*time.Millisecond {
 		t.Fatalf("waited hook: %d calls, %s", calls.Load(), time.Duration(total.Load()))
+	}
+}
+
+// Concurrent failures answered while the mailbox is already paused are one
+// incident: the backoff does not escalate for each of them.
+func TestConcurrentFailuresDoNotStackBackoff(t *testing.T) {
+	clock := newFakeClock()
+	app := NewApp(AppOptions{Name: "a", Clock: clock, Jitter: func() float64 { return 0.999 }})
+	l := app.Mailbox("m@example.test", MailboxOptions{})
+	first := l.Observe(503, "")
+	for i := 0; i < 3; i++ {
+		if d := l.Observe(503, ""); d > first {
+			t.Fatalf("answer %d of the same incident paused %s, more than the first (%s)", i+2, d, first)
+		}
+	}
+	// After the pause, a new failure escalates.
+	clock.Advance(first + time.Millisecond)
+	if d := l.Observe(503, ""); d <= first {
+		t.Fatalf("a failure after the pause paused %s, want more than %s", d, first)
 	}
 }
