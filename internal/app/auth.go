@@ -35,12 +35,12 @@ func signInCommand(mailbox string) string {
 // for: IMAP, or Graph (reading/moving and sending, so that one sign-in
 // also serves sending from the mailbox) of the cloud of graph.base_url, as
 // the importer asks for them (see sources.New).
-func delegatedScopes(m config.Mailbox) []string {
+func delegatedScopes(m config.Mailbox, id config.Identity) []string {
 	if m.Source == "graph" {
 		r := graphResource(m.Graph.BaseURL)
 		return []string{r + "/Mail.ReadWrite.Shared", r + "/Mail.Send.Shared", auth.ScopeOfflineAccess}
 	}
-	return []string{auth.ScopeIMAPDelegated, auth.ScopeOfflineAccess}
+	return []string{imapDelegatedScope(id.AuthorityHost), auth.ScopeOfflineAccess}
 }
 
 func isDelegated(id config.Identity) bool { return id.Kind == "delegated" }
@@ -132,7 +132,7 @@ func AuthLogin(ctx context.Context, cfg *config.Importer, mailbox string, out io
 	if err != nil {
 		return err
 	}
-	scopes := delegatedScopes(m)
+	scopes := delegatedScopes(m, id)
 	fmt.Fprintf(out, "Signing in identity %q (tenant %s, client %s) as %s for mailbox %q (%s).\n",
 		m.Identity, id.TenantID, id.ClientID, dl.Username(), m.Name, sourceOf(m))
 	fmt.Fprintf(out, "Permissions asked for: %s\n", strings.Join(scopes, " "))
@@ -254,7 +254,7 @@ func AuthStatus(ctx context.Context, cfg *config.Importer, out io.Writer, d Deps
 		if !st.RefreshedAt.IsZero() {
 			fmt.Fprintf(out, "  refresh token renewed %s\n", formatTime(st.RefreshedAt))
 		}
-		scopes := delegatedScopes(m)
+		scopes := delegatedScopes(m, cfg.Identities[m.Identity])
 		shown := false
 		for _, at := range st.AccessTokens {
 			if !coversScope(at.Scopes, scopes[0]) {

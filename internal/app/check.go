@@ -90,7 +90,7 @@ func checkMailbox(ctx context.Context, c *checker, m config.Mailbox, srcs *sourc
 	defer cancel()
 	if m.Identity != "" && (m.Source == "graph" || m.IMAP.Auth != "password") {
 		id := srcs.cfg.Identities[m.Identity]
-		appScope, delegatedScope := imapScope(id.AuthorityHost), auth.ScopeIMAPDelegated
+		appScope, delegatedScope := imapScope(id.AuthorityHost), imapDelegatedScope(id.AuthorityHost)
 		if m.Source == "graph" {
 			r := graphResource(m.Graph.BaseURL)
 			appScope, delegatedScope = r+"/.default", r+"/Mail.ReadWrite.Shared"

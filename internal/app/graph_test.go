@@ -502,7 +502,7 @@ func TestGraphDelegatedScopesFollowTheCloud(t *testing.T) {
 		"https://microsoftgraph.chinacloudapi.cn/v1.0": "https://microsoftgraph.chinacloudapi.cn",
 		"https://127.0.0.1:8443/v1.0":                  "https://graph.microsoft.com",
 	} {
-		got := delegatedScopes(config.Mailbox{Source: "graph", Graph: config.Graph{BaseURL: base}})
+		got := delegatedScopes(config.Mailbox{Source: "graph", Graph: config.Graph{BaseURL: base}}, config.Identity{})
 		want := []string{res + "/Mail.ReadWrite.Shared", res + "/Mail.Send.Shared", "offline_access"}
 		if strings.Join(got, " ") != strings.Join(want, " ") {
 			t.Errorf("%s: sign-in scopes %q, want %q", base, got, want)

@@ -97,7 +97,7 @@ func (s *sources) New(m config.Mailbox) (mailbox.Source, error) {
 		if m.IMAP.Auth != "password" {
 			id := s.cfg.Identities[m.Identity]
 			var err error
-			ts, _, err = s.tokens(m, imapScope(id.AuthorityHost), auth.ScopeIMAPDelegated)
+			ts, _, err = s.tokens(m, imapScope(id.AuthorityHost), imapDelegatedScope(id.AuthorityHost))
 			if err != nil {
 				return nil, err
 			}
@@ -138,6 +138,18 @@ func imapScope(authorityHost string) string {
 		return "https://partner.outlook.cn/.default"
 	}
 	return auth.ScopeIMAPApp
+}
+
+// imapDelegatedScope is the delegated IMAP permission of the cloud whose
+// token endpoint is authorityHost.
+func imapDelegatedScope(authorityHost string) string {
+	switch strings.ToLower(authorityHost) {
+	case "login.microsoftonline.us":
+		return "https://outlook.office365.us/IMAP.AccessAsUser.All"
+	case "login.chinacloudapi.cn", "login.partner.microsoftonline.cn":
+		return "https://partner.outlook.cn/IMAP.AccessAsUser.All"
+	}
+	return auth.ScopeIMAPDelegated
 }
 
 // graphResource is the token audience for a Graph base URL: the national
