@@ -50,10 +50,12 @@ func (c *Importer) secretPairs() []secretPair {
 	return pairs
 }
 
-// loadSecretFiles reads every *_file secret into its Secret field.
-func (c *Importer) loadSecretFiles(readFile func(string) ([]byte, error)) []Problem {
+// loadSecretPairs reads every *_file secret of pairs into its Secret
+// field: setting both the value and the file is a problem, and one
+// trailing newline is dropped.
+func loadSecretPairs(pairs []secretPair, readFile func(string) ([]byte, error)) []Problem {
 	var ps problems
-	for _, p := range c.secretPairs() {
+	for _, p := range pairs {
 		if *p.file == "" {
 			continue
 		}
@@ -64,7 +66,6 @@ func (c *Importer) loadSecretFiles(readFile func(string) ([]byte, error)) []Prob
 		}
 		data, err := readFile(*p.file)
 		if err != nil {
-			// The *PathError repeats the path; keep only its reason.
 			var pe *fs.PathError
 			if errors.As(err, &pe) {
 				err = pe.Err
@@ -84,12 +85,6 @@ func (c *Importer) loadSecretFiles(readFile func(string) ([]byte, error)) []Prob
 		}
 	}
 	return ps
-}
-
-// resolveFilePaths makes every relative path in a setting whose key ends in
-// "_file" relative to dir.
-func (c *Importer) resolveFilePaths(dir string) {
-	resolvePaths(reflect.ValueOf(c).Elem(), dir)
 }
 
 func resolvePaths(v reflect.Value, dir string) {

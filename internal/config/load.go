@@ -38,22 +38,7 @@ func LoadImporter(path string) (*Importer, error) {
 
 // LoadImporterWith is LoadImporter with options.
 func LoadImporterWith(path string, opts LoadOptions) (*Importer, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
-	}
-	if opts.BaseDir == "" {
-		abs, err := filepath.Abs(path)
-		if err != nil {
-			return nil, fmt.Errorf("config %s: %w", path, err)
-		}
-		opts.BaseDir = filepath.Dir(abs)
-	}
-	cfg, err := ParseImporterWith(data, opts)
-	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
-	}
-	return cfg, nil
+	return loadFile[Importer](path, opts)
 }
 
 // ParseImporter is LoadImporter for YAML text: lookupEnv (nil for
@@ -70,6 +55,39 @@ func ParseImporter(data []byte, lookupEnv func(string) (string, bool)) (*Importe
 // resolve relative *_file paths against opts.BaseDir; read *_file secrets;
 // apply defaults; validate. Problems are returned as one *ValidationError.
 func ParseImporterWith(data []byte, opts LoadOptions) (*Importer, error) {
+	return parseDocument[Importer](data, opts)
+}
+
+// document is a kind of configuration file (Importer, Sender).
+type document[T any] interface {
+	*T
+	secretPairs() []secretPair
+	ApplyDefaults()
+	validate() []Problem
+}
+
+// loadFile reads and parses the configuration file at path.
+func loadFile[T any, P document[T]](path string, opts LoadOptions) (*T, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	if opts.BaseDir == "" {
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
+		opts.BaseDir = filepath.Dir(abs)
+	}
+	cfg, err := parseDocument[T, P](data, opts)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// parseDocument runs the steps of ParseImporterWith for any document type.
+func parseDocument[T any, P document[T]](data []byte, opts LoadOptions) (*T, error) {
 	if opts.LookupEnv == nil {
 		opts.LookupEnv = os.LookupEnv
 	}
@@ -87,7 +105,7 @@ func ParseImporterWith(data []byte, opts LoadOptions) (*Importer, error) {
 		return nil, err
 	}
 
-	cfg := new(Importer)
+	cfg := P(new(T))
 	d := newDecoder()
 	if root != nil {
 		d.decode(root, reflect.ValueOf(cfg).Elem(), "")
@@ -97,9 +115,9 @@ func ParseImporterWith(data []byte, opts LoadOptions) (*Importer, error) {
 	}
 
 	if opts.BaseDir != "" {
-		cfg.resolveFilePaths(opts.BaseDir)
+		resolvePaths(reflect.ValueOf(cfg).Elem(), opts.BaseDir)
 	}
-	ps := cfg.loadSecretFiles(opts.ReadFile)
+	ps := loadSecretPairs(cfg.secretPairs(), opts.ReadFile)
 	cfg.ApplyDefaults()
 	ps = append(ps, cfg.validate()...)
 	if len(ps) > 0 {
@@ -108,7 +126,7 @@ func ParseImporterWith(data []byte, opts LoadOptions) (*Importer, error) {
 		}
 		return nil, &ValidationError{Problems: ps}
 	}
-	return cfg, nil
+	return (*T)(cfg), nil
 }
 
 // parseSingleDocument parses text into the content node of its only YAML

@@ -1,14 +1,8 @@
 package config
 
 import (
-	"errors"
-	"fmt"
-	"io/fs"
 	"maps"
 	"net"
-	"os"
-	"path/filepath"
-	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -227,22 +221,7 @@ func LoadSender(path string) (*Sender, error) {
 
 // LoadSenderWith is LoadSender with options.
 func LoadSenderWith(path string, opts LoadOptions) (*Sender, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
-	}
-	if opts.BaseDir == "" {
-		abs, err := filepath.Abs(path)
-		if err != nil {
-			return nil, fmt.Errorf("config %s: %w", path, err)
-		}
-		opts.BaseDir = filepath.Dir(abs)
-	}
-	cfg, err := ParseSenderWith(data, opts)
-	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
-	}
-	return cfg, nil
+	return loadFile[Sender](path, opts)
 }
 
 // ParseSender is LoadSender for YAML text: lookupEnv (nil for
@@ -257,41 +236,7 @@ func ParseSender(data []byte, lookupEnv func(string) (string, bool)) (*Sender, e
 // *_file secrets, apply defaults, validate), every problem in one
 // *ValidationError.
 func ParseSenderWith(data []byte, opts LoadOptions) (*Sender, error) {
-	if opts.LookupEnv == nil {
-		opts.LookupEnv = os.LookupEnv
-	}
-	if opts.ReadFile == nil {
-		opts.ReadFile = os.ReadFile
-	}
-	text, envProblems := expandEnv(string(data), opts.LookupEnv)
-	if len(envProblems) > 0 {
-		return nil, &ValidationError{Problems: envProblems}
-	}
-	root, err := parseSingleDocument(text)
-	if err != nil {
-		return nil, err
-	}
-	cfg := new(Sender)
-	d := newDecoder()
-	if root != nil {
-		d.decode(root, reflect.ValueOf(cfg).Elem(), "")
-	}
-	if len(d.problems) > 0 {
-		return nil, &ValidationError{Problems: dedupe(d.problems)}
-	}
-	if opts.BaseDir != "" {
-		resolvePaths(reflect.ValueOf(cfg).Elem(), opts.BaseDir)
-	}
-	ps := loadSecretPairs(cfg.secretPairs(), opts.ReadFile)
-	cfg.ApplyDefaults()
-	ps = append(ps, cfg.validate()...)
-	if len(ps) > 0 {
-		for i := range ps {
-			ps[i].Line = lineOf(d.lines, ps[i].Path)
-		}
-		return nil, &ValidationError{Problems: ps}
-	}
-	return cfg, nil
+	return parseDocument[Sender](data, opts)
 }
 
 // secretPairs lists every X / X_file pair of the sender configuration.
@@ -321,42 +266,6 @@ func (c *Sender) secretPairs() []secretPair {
 		})
 	}
 	return pairs
-}
-
-// loadSecretPairs reads every *_file secret of pairs into its Secret
-// field, with the rules of the importer's loader.
-func loadSecretPairs(pairs []secretPair, readFile func(string) ([]byte, error)) []Problem {
-	var ps problems
-	for _, p := range pairs {
-		if *p.file == "" {
-			continue
-		}
-		valuePath, filePath := p.path+"."+p.valueKey, p.path+"."+p.fileKey
-		if *p.value != "" {
-			ps.add(filePath, "cannot be combined with %s; set only one of them", valuePath)
-			continue
-		}
-		data, err := readFile(*p.file)
-		if err != nil {
-			var pe *fs.PathError
-			if errors.As(err, &pe) {
-				err = pe.Err
-			}
-			ps.add(filePath, "cannot read %q: %v", *p.file, err)
-			continue
-		}
-		s := strings.TrimSuffix(string(data), "\n")
-		s = strings.TrimSuffix(s, "\r")
-		if s == "" {
-			ps.add(filePath, "file %q is empty", *p.file)
-			continue
-		}
-		*p.value = Secret(s)
-		if p.writeBack != nil {
-			p.writeBack()
-		}
-	}
-	return ps
 }
 
 // ApplyDefaults fills every unset (zero) setting with its default. The
