@@ -2,16 +2,8 @@ package app
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,6 +11,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/mailpipe/mailpipe/internal/devcert"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -113,10 +107,11 @@ func Demo(ctx context.Context, dir string, out io.Writer) error {
 	fmt.Fprintf(out, "    authority https://%s/%s\n", idp.AuthorityHost(), demoTenant)
 
 	step("Starting a dev IMAP mailbox (TLS, XOAUTH2) for %s", demoMailbox)
-	tlsCfg, caPEM, err := selfSignedTLS()
+	ca, err := devcert.New("mailpipe dev mailbox", "")
 	if err != nil {
 		return err
 	}
+	tlsCfg, caPEM := ca.ServerTLS(), ca.PEM
 	if err := os.WriteFile(filepath.Join(dir, "imap-ca.pem"), caPEM, 0o600); err != nil {
 		return err
 	}
@@ -314,30 +309,4 @@ func scanMessage(now time.Time, n, size int) []byte {
 		b.WriteString(line)
 	}
 	return []byte(b.String())
-}
-
-// selfSignedTLS makes a server certificate for 127.0.0.1 and returns it with
-// its PEM (which clients trust as a CA file).
-func selfSignedTLS() (*tls.Config, []byte, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: "mailpipe dev mailbox"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		DNSNames:     []string{"localhost"},
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IsCA:         true, BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}, pemBytes, nil
 }

@@ -41,6 +41,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mailpipe/mailpipe/internal/devcert"
 )
 
 // Well-known resources and the app roles devidp puts into their tokens.
@@ -192,13 +194,13 @@ func Start(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("devidp: listen address %q: %w", addr, err)
 	}
-	ca, err := newCA(listenHost)
+	ca, err := devcert.New("devidp", listenHost)
 	if err != nil {
 		return nil, err
 	}
-	s.caPEM = ca.caPEM
+	s.caPEM = ca.PEM
 	s.caPool = x509.NewCertPool()
-	s.caPool.AddCert(ca.caCert)
+	s.caPool.AddCert(ca.Cert)
 
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -211,7 +213,7 @@ func Start(opts Options) (*Server, error) {
 		ReadHeaderTimeout: 10 * time.Second,
 		TLSConfig: &tls.Config{
 			MinVersion:   tls.VersionTLS12,
-			Certificates: []tls.Certificate{ca.serverCert},
+			Certificates: []tls.Certificate{ca.Server},
 		},
 		// TLS handshake failures of clients that do not trust the CA are
 		// expected in tests; keep them off stderr.

@@ -49,6 +49,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mailpipe/mailpipe/internal/devcert"
 )
 
 // Options configure Start.
@@ -108,13 +110,13 @@ func Start(opts Options) (*Server, error) {
 	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
 		return nil, fmt.Errorf("graphfake: listen address %q is not loopback", addr)
 	}
-	ca, err := newCA()
+	ca, err := devcert.New("graphfake", "")
 	if err != nil {
 		return nil, err
 	}
 	s := &Server{
 		opts:       opts,
-		caPEM:      ca.caPEM,
+		caPEM:      ca.PEM,
 		caPool:     x509.NewCertPool(),
 		lim:        newLimiter(opts.Limits),
 		mailboxes:  map[string]*mailbox{},
@@ -125,7 +127,7 @@ func Start(opts Options) (*Server, error) {
 		uploads:    map[string]*uploadSession{},
 	}
 	s.stats.st = newStats()
-	s.caPool.AddCert(ca.caCert)
+	s.caPool.AddCert(ca.Cert)
 	s.latency.Store(int64(opts.Latency))
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -138,7 +140,7 @@ func Start(opts Options) (*Server, error) {
 		ReadHeaderTimeout: 10 * time.Second,
 		TLSConfig: &tls.Config{
 			MinVersion:   tls.VersionTLS12,
-			Certificates: []tls.Certificate{ca.serverCert},
+			Certificates: []tls.Certificate{ca.Server},
 		},
 		ErrorLog: log.New(io.Discard, "", 0),
 	}
