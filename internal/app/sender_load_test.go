@@ -87,7 +87,9 @@ func TestSenderLoadThroughGraph(t *testing.T) {
 	start := func() *replica {
 		ctx, cancel := context.WithCancel(context.Background())
 		r := &replica{cancel: cancel, done: make(chan error, 1)}
-		go func() { r.done <- RunSender(ctx, cfg, SenderDeps{Deps: Deps{Logger: log}, SweepInterval: 200 * time.Millisecond}) }()
+		go func() {
+			r.done <- RunSender(ctx, cfg, SenderDeps{Deps: Deps{Logger: log}, SweepInterval: 200 * time.Millisecond})
+		}()
 		return r
 	}
 	stop := func(r *replica) {
