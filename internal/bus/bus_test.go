@@ -3,6 +3,8 @@ package bus
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +15,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/mailpipe/mailpipe/internal/testenv/memtest"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -246,13 +250,13 @@ func TestPublishLarge(t *testing.T) {
 	for i, size := range []int64{5 << 20, 30 << 20} {
 		id := fmt.Sprintf("large-%d", i)
 		env := testEnvelope(id)
-		gen := newGenReader(size, uint64(size))
+		gen := memtest.NewGenReader(size, uint64(size))
 
 		// The heap here includes the in-process server's block caches;
 		// TestLargeMemoryBound measures the importer side alone.
-		hp := startHeapPeak()
+		hp := memtest.StartHeapPeak()
 		res, err := b.PublishLargeMail(ctx, env, gen)
-		peak := hp.done()
+		peak := hp.Done()
 		if err != nil {
 			t.Fatalf("%d bytes: %v", size, err)
 		}
@@ -268,7 +272,7 @@ func TestPublishLarge(t *testing.T) {
 		m := msgs[i]
 		h := m.Headers()
 		if len(m.Data()) != 0 || h.Get("Mailpipe-Body-Bucket") != "mailpipe-bodies" || h.Get("Mailpipe-Body-Object") != id ||
-			!strings.HasPrefix(h.Get("Mailpipe-Body-Digest"), "SHA-256=") || h.Get("Mailpipe-Sha256") != gen.sum() ||
+			!strings.HasPrefix(h.Get("Mailpipe-Body-Digest"), "SHA-256=") || h.Get("Mailpipe-Sha256") != gen.Sum() ||
 			h.Get("Mailpipe-Size") != fmt.Sprint(size) || h.Get("Nats-Msg-Id") != id || h.Get("ce-id") != id {
 			t.Errorf("reference message: %d bytes payload, headers %v", len(m.Data()), h)
 		}
@@ -280,20 +284,20 @@ func TestPublishLarge(t *testing.T) {
 		if mm.Object == nil || mm.Object.Bucket != "mailpipe-bodies" || mm.Object.Name != id {
 			t.Fatalf("object ref %+v", mm.Object)
 		}
-		hp = startHeapPeak()
+		hp = memtest.StartHeapPeak()
 		r, err := mm.Body(ctx, js)
 		if err != nil {
 			t.Fatal(err)
 		}
-		check := newGenReader(0, 0) // just its hash
-		n, err := io.Copy(check.h, r)
+		check := sha256.New()
+		n, err := io.Copy(check, r)
 		r.Close()
-		peak = hp.done()
+		peak = hp.Done()
 		if err != nil || n != size {
 			t.Fatalf("read back %d bytes: %v", n, err)
 		}
-		if check.sum() != gen.sum() {
-			t.Errorf("read-back SHA-256 %s, want %s", check.sum(), gen.sum())
+		if hex.EncodeToString(check.Sum(nil)) != gen.Sum() {
+			t.Errorf("read-back SHA-256 %s, want %s", hex.EncodeToString(check.Sum(nil)), gen.Sum())
 		}
 		t.Logf("%d MB: heap peak +%.1f MB while reading back, server included", size>>20, float64(peak)/(1<<20))
 
@@ -309,15 +313,15 @@ func TestPublishLarge(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			stock := newGenReader(0, 0)
-			if _, err := io.Copy(stock.h, or); err != nil || stock.sum() != gen.sum() {
+			stock := sha256.New()
+			if _, err := io.Copy(stock, or); err != nil || hex.EncodeToString(stock.Sum(nil)) != gen.Sum() {
 				t.Errorf("stock client read: %v", err)
 			}
 			or.Close()
 			objStream, _ := js.Stream(ctx, "OBJ_mailpipe-bodies")
 			before, _ := objStream.Info(ctx)
 
-			res, err := b.PublishLargeMail(ctx, env, newGenReader(size, uint64(size)))
+			res, err := b.PublishLargeMail(ctx, env, memtest.NewGenReader(size, uint64(size)))
 			if err != nil || !res.Duplicate {
 				t.Errorf("republish: %+v %v", res, err)
 			}
@@ -348,7 +352,7 @@ func TestPublishLargeReadError(t *testing.T) {
 	ctx := testCtx(t)
 	b := openBus(t, embedded(t), testBusConfig())
 	boom := errors.New("imap connection reset")
-	r := io.MultiReader(newGenReader(300<<10, 7), &errReader{boom})
+	r := io.MultiReader(memtest.NewGenReader(300<<10, 7), &errReader{boom})
 	_, err := b.PublishLargeMail(ctx, testEnvelope("broken"), r)
 	if !errors.Is(err, boom) || errors.Is(err, ErrTransient) || errors.Is(err, ErrRejected) {
 		t.Fatalf("got %v", err)

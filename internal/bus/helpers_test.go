@@ -4,11 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"hash"
-	"io"
-	"runtime"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -81,83 +76,4 @@ func testEnvelope(id string) Envelope {
 func sha(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
-}
-
-// genReader produces n pseudo-random bytes without holding them, hashing
-// what it produced.
-type genReader struct {
-	left  int64
-	state uint64
-	h     hash.Hash
-}
-
-func newGenReader(n int64, seed uint64) *genReader {
-	return &genReader{left: n, state: seed | 1, h: sha256.New()}
-}
-
-func (g *genReader) Read(p []byte) (int, error) {
-	if g.left == 0 {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > g.left {
-		p = p[:g.left]
-	}
-	for i := range p {
-		g.state ^= g.state << 13
-		g.state ^= g.state >> 7
-		g.state ^= g.state << 17
-		p[i] = byte(g.state)
-	}
-	g.left -= int64(len(p))
-	g.h.Write(p)
-	return len(p), nil
-}
-
-func (g *genReader) sum() string { return hex.EncodeToString(g.h.Sum(nil)) }
-
-// heapPeak samples the heap in use right after a forced collection, that
-// is the memory actually held, until stopped, and returns the peak above
-// the baseline measured at start. (Sampling without collecting would
-// measure the GC's pacing: garbage awaiting collection.)
-type heapPeak struct {
-	base uint64
-	peak atomic.Uint64
-	stop chan struct{}
-	wg   sync.WaitGroup
-}
-
-func heapAfterGC() uint64 {
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapInuse
-}
-
-func startHeapPeak() *heapPeak {
-	runtime.GC() // twice: also empties sync.Pools
-	h := &heapPeak{base: heapAfterGC(), stop: make(chan struct{})}
-	h.peak.Store(h.base)
-	h.wg.Add(1)
-	go func() {
-		defer h.wg.Done()
-		tk := time.NewTicker(5 * time.Millisecond)
-		defer tk.Stop()
-		for {
-			select {
-			case <-h.stop:
-				return
-			case <-tk.C:
-				if v := heapAfterGC(); v > h.peak.Load() {
-					h.peak.Store(v)
-				}
-			}
-		}
-	}()
-	return h
-}
-
-func (h *heapPeak) done() int64 {
-	close(h.stop)
-	h.wg.Wait()
-	return int64(h.peak.Load()) - int64(h.base)
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mailpipe/mailpipe/internal/testenv/memtest"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -99,7 +101,7 @@ func TestUploadAttachmentErrors(t *testing.T) {
 // TestUploadMemoryBound uploads 20 MB and checks that the producer's heap
 // grows by far less than that (the server runs in another process).
 func TestUploadMemoryBound(t *testing.T) {
-	url := serverProcess(t)
+	url := memtest.ServerProcess(t)
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
@@ -115,13 +117,13 @@ func TestUploadMemoryBound(t *testing.T) {
 	const size = 20 << 20
 	const bound = 8 << 20
 	// Warm up: connection buffers, reply subscriptions.
-	if _, err := UploadAttachment(ctx, js, DefaultAttachmentBucket, "warm-up", newGenReader(1<<20, 1)); err != nil {
+	if _, err := UploadAttachment(ctx, js, DefaultAttachmentBucket, "warm-up", memtest.NewGenReader(1<<20, 1)); err != nil {
 		t.Fatal(err)
 	}
-	gen := newGenReader(size, 99)
-	hp := startHeapPeak()
+	gen := memtest.NewGenReader(size, 99)
+	hp := memtest.StartHeapPeak()
 	ref, err := UploadAttachment(ctx, js, DefaultAttachmentBucket, "big.tiff", gen)
-	peak := hp.done()
+	peak := hp.Done()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,8 +131,8 @@ func TestUploadMemoryBound(t *testing.T) {
 	if peak > bound {
 		t.Errorf("uploading 20 MB raised the heap by %.1f MB (bound %d MB)", float64(peak)/(1<<20), bound>>20)
 	}
-	if ref.Size != size || ref.SHA256 != gen.sum() {
-		t.Errorf("ref %+v, want size %d sha256 %s", ref, size, gen.sum())
+	if ref.Size != size || ref.SHA256 != gen.Sum() {
+		t.Errorf("ref %+v, want size %d sha256 %s", ref, size, gen.Sum())
 	}
 	// Read it back with the standard client, hashing as it streams.
 	obs, err := js.ObjectStore(ctx, DefaultAttachmentBucket)
