@@ -497,37 +497,13 @@ func (c *Sender) validateMailboxes(ps *problems) {
 		return
 	}
 	idNames := slices.Sorted(maps.Keys(c.Identities))
-	checkIdentity := func(path, name, need string) {
-		switch {
-		case name == "":
-			if need != "" {
-				ps.add(path, "%s", need)
-			}
-		case !slices.Contains(idNames, name):
-			if len(idNames) == 0 {
-				ps.add(path, "unknown identity %q (no identities are defined)", name)
-			} else {
-				ps.add(path, "unknown identity %q (defined: %s)", name, strings.Join(idNames, ", "))
-			}
-		}
-	}
+	checkIdentity := func(path, name, need string) { checkIdentityRef(ps, path, name, idNames, need) }
 	names := map[string]int{}
 	addresses := map[string]int{}
 	tokens := map[string]int{}
 	for i, m := range c.Mailboxes {
 		path := joinIndex("mailboxes", i)
-		switch {
-		case m.Name == "":
-			ps.add(path+".name", "required")
-		case !mailboxNameRe.MatchString(m.Name):
-			ps.add(path+".name", "%q must be 1-64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit", m.Name)
-		default:
-			if j, dup := names[m.Name]; dup {
-				ps.add(path+".name", "duplicate name %q (also used by mailboxes[%d]; set name to tell them apart)", m.Name, j)
-			} else {
-				names[m.Name] = i
-			}
-		}
+		checkMailboxName(ps, path+".name", m.Name, i, names)
 		switch {
 		case m.Address == "":
 			ps.add(path+".address", "required")

@@ -361,6 +361,42 @@ func DecodeTokenCacheKey(key Secret) ([]byte, error) {
 	return b, nil
 }
 
+// checkIdentityRef checks that name (at path) names an entry of
+// identities (sorted names); need, when not empty, is the problem reported
+// for an empty name.
+func checkIdentityRef(ps *problems, path, name string, identities []string, need string) {
+	switch {
+	case name == "":
+		if need != "" {
+			ps.add(path, "%s", need)
+		}
+	case !slices.Contains(identities, name):
+		if len(identities) == 0 {
+			ps.add(path, "unknown identity %q (no identities are defined)", name)
+		} else {
+			ps.add(path, "unknown identity %q (defined: %s)", name, strings.Join(identities, ", "))
+		}
+	}
+}
+
+// checkMailboxName checks the name of mailboxes[i] (at path): required,
+// usable in subjects and metrics, unique (firstUse maps names to the index
+// that used them first).
+func checkMailboxName(ps *problems, path, name string, i int, firstUse map[string]int) {
+	switch {
+	case name == "":
+		ps.add(path, "required")
+	case !mailboxNameRe.MatchString(name):
+		ps.add(path, "%q must be 1-64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit", name)
+	default:
+		if j, dup := firstUse[name]; dup {
+			ps.add(path, "duplicate name %q (also used by mailboxes[%d])", name, j)
+		} else {
+			firstUse[name] = i
+		}
+	}
+}
+
 func (c *Importer) validateMailboxes(ps *problems) {
 	if len(c.Mailboxes) == 0 {
 		ps.add("mailboxes", "at least one mailbox is required")
@@ -370,18 +406,7 @@ func (c *Importer) validateMailboxes(ps *problems) {
 	firstUse := make(map[string]int)
 	for i, m := range c.Mailboxes {
 		path := joinIndex("mailboxes", i)
-		switch {
-		case m.Name == "":
-			ps.add(path+".name", "required")
-		case !mailboxNameRe.MatchString(m.Name):
-			ps.add(path+".name", "%q must be 1-64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit", m.Name)
-		default:
-			if j, dup := firstUse[m.Name]; dup {
-				ps.add(path+".name", "duplicate name %q (also used by mailboxes[%d])", m.Name, j)
-			} else {
-				firstUse[m.Name] = i
-			}
-		}
+		checkMailboxName(ps, path+".name", m.Name, i, firstUse)
 		switch {
 		case m.Address == "":
 			ps.add(path+".address", "required")
@@ -408,18 +433,7 @@ func (c *Importer) validateMailboxes(ps *problems) {
 		default:
 			ps.add(path+".source", "%q is not one of imap, graph", m.Source)
 		}
-		switch {
-		case m.Identity != "":
-			if _, ok := c.Identities[m.Identity]; !ok {
-				if len(names) == 0 {
-					ps.add(path+".identity", "unknown identity %q (no identities are defined)", m.Identity)
-				} else {
-					ps.add(path+".identity", "unknown identity %q (defined: %s)", m.Identity, strings.Join(names, ", "))
-				}
-			}
-		case needIdentity != "":
-			ps.add(path+".identity", "%s", needIdentity)
-		}
+		checkIdentityRef(ps, path+".identity", m.Identity, names, needIdentity)
 
 		m.Folders.validate(ps, path+".folders")
 		if m.PollInterval < time.Second {
